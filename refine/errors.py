@@ -1,0 +1,63 @@
+"""One exception hierarchy for dspy-refine: every error says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EnvError",
+    "ExportError",
+    "GraphValidationError",
+    "LMError",
+    "LMOutputError",
+    "RefineError",
+    "RunStoreError",
+    "TrainingError",
+    "VerificationError",
+]
+
+
+class RefineError(Exception):
+    """Base class of every error raised by dspy-refine.
+
+    The message is written for the user: it names the node, field or file involved and says how to fix it.
+    The CLI prints it as one red line and exits with code 1.
+    """
+
+
+class ConfigError(RefineError, ValueError):
+    """A configuration value, CLI option or input file is invalid."""
+
+
+class GraphValidationError(RefineError, ValueError):
+    """A `ProgramGraph` is malformed (missing input, unbounded cycle, unreachable or duplicate node)."""
+
+
+class LMError(RefineError, RuntimeError):
+    """An LM could not be loaded or called (missing model files, unknown model string, engine failure)."""
+
+
+class LMOutputError(RefineError, ValueError):
+    """An LM answered, but its output could not be parsed into the requested structure.
+
+    Synthesis records these as failures with their reason instead of crashing the run.
+    """
+
+
+class VerificationError(RefineError, ValueError):
+    """A script or trajectory could not be verified at all (as opposed to verifying as rejected)."""
+
+
+class RunStoreError(RefineError, RuntimeError):
+    """A run directory is unusable: a config mismatch on resume, a corrupt manifest, a locked directory."""
+
+
+class ExportError(RefineError, ValueError):
+    """A run or dataset could not be exported to the requested format."""
+
+
+class TrainingError(RefineError, RuntimeError):
+    """Distillation could not start or failed (missing extra, bad data, unsupported model)."""
+
+
+class EnvError(RefineError, RuntimeError):
+    """A text environment could not be created, reset or stepped (missing extra, Java, game files)."""

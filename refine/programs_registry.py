@@ -1,0 +1,62 @@
+"""Resolve a program name given on the command line to a `ProgramGraph` or a compiled program.
+
+A program spec is one of: a built-in name (see `BUILTIN`), `package.module:attr` where attr is a `ProgramGraph`,
+a `GraphModule` or a zero-argument factory returning one of those, or a directory/file written by `refine optimize`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from refine.errors import ConfigError
+
+__all__ = ["BUILTIN", "load_graph", "load_program"]
+
+# name -> "module:factory"; each factory takes keyword options and returns a ProgramGraph.
+BUILTIN: dict[str, str] = {
+    "agentrefine": "refine.programs.agentrefine:build_graph",
+    "interactive": "refine.programs.interactive:build_graph",
+    "self_refine": "refine.programs.self_refine:build_graph",
+    "reflexion": "refine.programs.reflexion:build_graph",
+}
+
+
+def _resolve(spec: str) -> Any:
+    target = BUILTIN.get(spec, spec)
+    if ":" not in target:
+        raise ConfigError(
+            f"Unknown program {spec!r}. Use a built-in name ({', '.join(sorted(BUILTIN))}), "
+            "'package.module:attr', or a directory saved by `refine optimize`."
+        )
+    mod_name, attr = target.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"Cannot load program {spec!r} from {target!r}: {exc}") from exc
+    return obj
+
+
+def load_graph(spec: str, **options: Any) -> Any:
+    """Return the `ProgramGraph` named by `spec` (factories get `options`)."""
+    from refine.graph import GraphModule, ProgramGraph
+
+    obj = _resolve(spec)
+    if callable(obj) and not isinstance(obj, ProgramGraph | GraphModule):
+        obj = obj(**options)
+    if isinstance(obj, GraphModule):
+        return obj.graph
+    if not isinstance(obj, ProgramGraph):
+        raise ConfigError(f"Program {spec!r} resolved to a {type(obj).__name__}, not a ProgramGraph.")
+    return obj
+
+
+def load_program(spec: str, **options: Any) -> Any:
+    """Return a compiled program: a saved optimized program (directory or .json next to its meta) or a graph."""
+    path = Path(spec)
+    if path.exists():
+        from refine.optimizers import load_optimized
+
+        return load_optimized(path)
+    return load_graph(spec, **options).compile()

@@ -1,0 +1,311 @@
+"""Run directories: a manifest plus append-only JSONL records keyed by stable ids, so killed runs resume exactly.
+
+Layout of a run directory::
+
+    manifest.json          config (secrets redacted), package versions, program hash, start/end, totals
+    <kind>.jsonl           one JSON record per line (e.g. accepted.jsonl, rejected.jsonl, episodes.jsonl)
+    <kind>.<shard>.jsonl   the same, written by one worker of a multi-process run (merged on read)
+    lm_cache/              DSPy's content-hashed LM cache for this run (optional)
+
+Each record is written with a single `write()` of one complete line on an O_APPEND descriptor, then fsync'ed, so a
+killed process leaves at most one torn final line; it is dropped (and truncated away) when the run is reopened.
+Every record carries a `key`; a key that is already present is never written again, so a resumed run neither loses
+nor duplicates work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from refine.errors import RunStoreError
+
+__all__ = ["RunStore", "package_versions", "redact", "scrub_secrets"]
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|bearer|credential)", re.I)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+_VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
+_MANIFEST_IGNORED_ON_RESUME = ("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _secret_values() -> list[str]:
+    return sorted(
+        (v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= 8), key=len, reverse=True
+    )
+
+
+def scrub_secrets(text: str, secrets: list[str] | None = None) -> str:
+    """Replace every value of a secret-looking environment variable (…KEY, …TOKEN, …SECRET) found in `text`."""
+    for s in _secret_values() if secrets is None else secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a JSON-like config with secret-looking keys (api_key, token, ...) replaced by '***'."""
+    if isinstance(obj, Mapping):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return obj
+
+
+class RunStore:
+    """An append-only, resumable run directory.
+
+    Example:
+        >>> import tempfile
+        >>> store = RunStore(tempfile.mkdtemp() + "/run", config={"n": 2})
+        >>> store.append("accepted", {"text": "hi"}, key="a1")
+        True
+        >>> store.append("accepted", {"text": "hi again"}, key="a1")  # already there: not written twice
+        False
+        >>> [r["text"] for r in store.records("accepted")]
+        ['hi']
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: Mapping[str, Any] | Any = None,
+        *,
+        resume: bool = False,
+        program_hash: str = "",
+        shard: str | None = None,
+        lock: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.shard = shard
+        self._lock = threading.Lock()
+        self._secrets = _secret_values()
+        self._keys: set[str] = set()
+        self._fds: dict[str, int] = {}
+        config = _jsonable(config) if config is not None else {}
+        exists = (self.path / "manifest.json").exists()
+        if exists and not resume and shard is None:
+            raise RunStoreError(
+                f"Run directory {self.path} already holds a run. Pass --resume (resume=True) to continue it, "
+                "or choose another --out directory."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lockfile = None
+        if lock:
+            name = f".lock.{shard}" if shard else ".lock"
+            self._lockfile = open(self.path / name, "w")  # noqa: SIM115 - held for the store's lifetime
+            try:
+                fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lockfile.close()
+                raise RunStoreError(
+                    f"Run directory {self.path} is in use by another process; wait for it or pick another --out."
+                ) from None
+        if exists:
+            manifest = self.manifest
+            old = {k: v for k, v in manifest.get("config", {}).items() if k not in _MANIFEST_IGNORED_ON_RESUME}
+            new = {k: v for k, v in redact(config).items() if k not in _MANIFEST_IGNORED_ON_RESUME}
+            if config and old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise RunStoreError(
+                    f"Cannot resume {self.path}: its config differs in {diff}. Resume with the same settings, "
+                    "or start a new run in another --out directory."
+                )
+            if program_hash and manifest.get("program_hash") and manifest["program_hash"] != program_hash:
+                raise RunStoreError(
+                    f"Cannot resume {self.path}: the program changed (hash {manifest['program_hash']} -> "
+                    f"{program_hash}). Resume with the same program, or start a new run."
+                )
+            self._repair_and_index()
+            if shard is None:
+                self.update_manifest(status="running", resumed_at=_now())
+        else:
+            self._write_manifest(
+                {
+                    "config": redact(config),
+                    "versions": package_versions(),
+                    "program_hash": program_hash,
+                    "started_at": _now(),
+                    "ended_at": None,
+                    "status": "running",
+                }
+            )
+
+    # ------------------------------------------------------------------ manifest
+    @property
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunStoreError(
+                f"Manifest {self.path / 'manifest.json'} is unreadable ({exc}); the run directory is corrupt."
+            ) from exc
+
+    def _write_manifest(self, data: Mapping[str, Any]) -> None:
+        tmp = self.path / f".manifest.{os.getpid()}.{threading.get_ident()}.tmp"
+        text = scrub_secrets(json.dumps(redact(dict(data)), indent=2, default=str, ensure_ascii=False), self._secrets)
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / "manifest.json")
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Merge fields into the manifest (atomic replace)."""
+        with self._lock:
+            data = self.manifest
+            data.update({k: _jsonable(v) for k, v in fields.items()})
+            self._write_manifest(data)
+
+    def finish(self, **totals: Any) -> None:
+        self.update_manifest(status="finished", ended_at=_now(), **totals)
+
+    # ------------------------------------------------------------------ records
+    def _files(self, kind: str | None = None) -> list[Path]:
+        pattern = f"{kind}*.jsonl" if kind else "*.jsonl"
+        return sorted(p for p in self.path.glob(pattern) if kind is None or p.name.split(".")[0] == kind)
+
+    def _repair_and_index(self) -> None:
+        for p in self._files():
+            own = p.name.endswith(f".{self.shard}.jsonl") if self.shard else p.name.count(".") == 1
+            data = p.read_bytes()
+            if own and data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                # Only the file this store owns is truncated: another shard's writer may still be appending.
+                with open(p, "r+b") as f:
+                    f.truncate(cut)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for rec in self._iter_file(p):
+                if "key" in rec:
+                    self._keys.add(rec["key"])
+
+    @staticmethod
+    def _iter_file(p: Path) -> Iterator[dict[str, Any]]:
+        with open(p, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash, being written by another worker
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+    def has(self, key: str) -> bool:
+        return key in self._keys
+
+    def keys(self) -> set[str]:
+        return set(self._keys)
+
+    def refresh(self) -> None:
+        """Re-read keys written by other processes (shards) since this store opened."""
+        with self._lock:
+            for p in self._files():
+                for rec in self._iter_file(p):
+                    if "key" in rec:
+                        self._keys.add(rec["key"])
+
+    def append(self, kind: str, record: Mapping[str, Any] | Any, key: str) -> bool:
+        """Append one record to `<kind>.jsonl` unless `key` is already in the run. Returns True when written."""
+        if not kind.isidentifier():
+            raise RunStoreError(f"Record kind {kind!r} must be an identifier (it names the file {kind}.jsonl).")
+        rec = {"key": key, **_jsonable(record)} if not isinstance(record, Mapping) else {"key": key, **record}
+        line = json.dumps(rec, ensure_ascii=False, default=str)
+        line = scrub_secrets(line, self._secrets) + "\n"
+        with self._lock:
+            if key in self._keys:
+                return False
+            fd = self._fds.get(kind)
+            if fd is None:
+                name = f"{kind}.{self.shard}.jsonl" if self.shard else f"{kind}.jsonl"
+                fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._fds[kind] = fd
+            data = line.encode()
+            written = os.write(fd, data)
+            if written != len(data):
+                raise RunStoreError(f"Short write to {self.path}/{kind}.jsonl ({written}/{len(data)} bytes); disk full?")
+            os.fsync(fd)
+            self._keys.add(key)
+            return True
+
+    def records(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """All records of a kind (every kind when None), shards merged, first occurrence of each key only."""
+        seen: set[str] = set()
+        for p in self._files(kind):
+            for rec in self._iter_file(p):
+                k = rec.get("key")
+                if k is not None:
+                    if k in seen:
+                        continue
+                    seen.add(k)
+                yield rec
+
+    def count(self, kind: str | None = None) -> int:
+        return sum(1 for _ in self.records(kind))
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where this run keeps DSPy's content-hashed LM cache (see `refine.lm.configure_cache`)."""
+        return self.path / "lm_cache"
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        if self._lockfile is not None:
+            self._lockfile.close()
+            self._lockfile = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str]) -> RunStore:
+        """Open a finished or running run directory read-only (no lock, no config check)."""
+        p = Path(path)
+        if not (p / "manifest.json").exists():
+            raise RunStoreError(f"{p} is not a run directory (no manifest.json). Pass the --out of a refine run.")
+        store = cls.__new__(cls)
+        store.path = p
+        store.shard = None
+        store._lock = threading.Lock()
+        store._secrets = _secret_values()
+        store._keys = set()
+        store._fds = {}
+        store._lockfile = None
+        for f in store._files():
+            for rec in store._iter_file(f):
+                if "key" in rec:
+                    store._keys.add(rec["key"])
+        return store
