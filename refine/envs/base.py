@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_MAX_STEPS", "EnvObservation", "EnvStep", "TextEnv", "ToyEnv"]
+__all__ = ["DEFAULT_MAX_STEPS", "EnvObservation", "EnvStep", "TextEnv", "ToyEnv", "expert_action"]
 
 DEFAULT_MAX_STEPS = 30  # AgentBoard's bound
 
@@ -54,6 +54,16 @@ class TextEnv(Protocol):
     def step(self, action: str) -> EnvStep: ...
 
 
+def expert_action(env: object) -> str | None:
+    """The environment's expert next action (BabyAI bot, gold path, plan, walkthrough) if it offers one, else None.
+
+    Environments may implement an optional `expert_action() -> str | None`; it lets a refinement program use the
+    environment itself as the teacher that corrects the agent's mistakes (verified by the environment, not an LLM).
+    """
+    fn = getattr(env, "expert_action", None)
+    return fn() if callable(fn) else None
+
+
 class ToyEnv:
     """A deterministic key-and-door room for tests: take the key, open the door, go through it.
 
@@ -88,6 +98,10 @@ class ToyEnv:
             available_actions=self.actions,
         )
 
+    def expert_action(self) -> str | None:
+        """The next subgoal action, or None once the room is left."""
+        return self.SUBGOALS[len(self._done)] if len(self._done) < len(self.SUBGOALS) else None
+
     def _progress(self) -> float:
         return len(self._done) / len(self.SUBGOALS)
 
@@ -100,17 +114,25 @@ class ToyEnv:
             obs = "You see a table, a door and a window."
         elif a == expected:
             self._done.append(a)
-            obs = {"take key": "You take the key.", "open door": "You unlock and open the door.",
-                   "go door": "You walk through the door. You are free!"}[a]
+            obs = {
+                "take key": "You take the key.",
+                "open door": "You unlock and open the door.",
+                "go door": "You walk through the door. You are free!",
+            }[a]
         elif a in self.actions:
-            obs = {"take lamp": "There is no lamp here.", "open window": "The window is painted shut.",
-                   "open door": "The door is locked.", "go door": "The door is closed.",
-                   "take key": "You already have the key."}.get(a, "Nothing happens.")
+            obs = {
+                "take lamp": "There is no lamp here.",
+                "open window": "The window is painted shut.",
+                "open door": "The door is locked.",
+                "go door": "The door is closed.",
+                "take key": "You already have the key.",
+            }.get(a, "Nothing happens.")
             invalid = True
         else:
             obs = f"Unknown action: {action!r}. Valid actions: {', '.join(self.actions)}."
             invalid = True
         success = len(self._done) == len(self.SUBGOALS)
         done = success or self._steps >= self.max_steps
-        return EnvStep(obs, done=done, success=success, progress=self._progress(), invalid=invalid,
-                       available_actions=self.actions)
+        return EnvStep(
+            obs, done=done, success=success, progress=self._progress(), invalid=invalid, available_actions=self.actions
+        )
