@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -93,7 +92,12 @@ def _check_condition(cond: Condition, state: Mapping[str, Any]) -> bool:
 
 
 def _module_io(module: dspy.Module) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """Inputs/outputs of a module with a signature (Predict, ChainOfThought, ...), else None."""
+    """Inputs/outputs of a module with a signature (Predict, ChainOfThought, ...) or of a nested graph, else None."""
+    if isinstance(module, GraphModule):
+        # A nested graph is called with its graph inputs; its single inner predictor says nothing about its I/O.
+        # Without declared outputs it returns whatever state its run set, so the caller must name the outputs.
+        inner = module.graph
+        return (inner.inputs, inner.outputs) if inner.outputs is not None else None
     sig = getattr(module, "signature", None)
     if sig is None:
         preds = module.named_predictors()
@@ -102,6 +106,28 @@ def _module_io(module: dspy.Module) -> tuple[tuple[str, ...], tuple[str, ...]] |
     if sig is None:
         return None
     return tuple(sig.input_fields), tuple(sig.output_fields)
+
+
+def _mermaid_id(name: str, taken: Iterable[str]) -> str:
+    """A Mermaid node id for `name`: `end` (any case) is a Mermaid keyword that breaks the whole flowchart."""
+    if name.lower() != "end":
+        return name
+    taken = set(taken)
+    new = name + "_"
+    while new in taken:
+        new += "_"
+    return new
+
+
+def _mermaid_text(text: str) -> str:
+    """Escape text for a Mermaid label (quotes, angle brackets of `<lambda>`, the `|` that ends an edge label)."""
+    return text.replace('"', "'").replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;")
+
+
+def _has_field(obj: Any, name: str) -> bool:
+    if isinstance(obj, Mapping | dspy.Prediction):
+        return name in obj
+    return hasattr(obj, name)
 
 
 def _function_io(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -300,15 +326,7 @@ class ProgramGraph:
         available_at_start = set(self.inputs) | set(self.defaults)
         cyclic = self._cyclic_nodes()
         for n, spec in self._nodes.items():
-            upstream = nx.ancestors(self._g, n) | ({n} if n in cyclic else set())
-            produced = set(available_at_start)
-            for u in upstream:
-                produced |= set(self._nodes[u].outputs)
-                if self._nodes[u].catch_errors:
-                    produced.add("error")
-            for e in self._edges:
-                if e.src in upstream or e.src == n:
-                    produced |= set(e.mapping)
+            produced = self._fields_before(n, available_at_start, cyclic)
             for inp in spec.inputs:
                 if inp not in produced:
                     producers = sorted(m for m, s in self._nodes.items() if inp in s.outputs)
@@ -322,6 +340,26 @@ class ProgramGraph:
                         f"Node {n!r} in graph {self.name!r} needs input {inp!r}, which no upstream node or graph "
                         f"input produces. {hint}"
                     )
+        for e in self._edges:
+            # A condition or mapping that names a field nobody sets would silently never fire / map None.
+            after_src = self._fields_before(e.src, available_at_start, cyclic) | set(self._nodes[e.src].outputs)
+            if self._nodes[e.src].catch_errors:
+                after_src.add("error")
+            if isinstance(e.condition, str):
+                key = e.condition[4:].strip() if e.condition.startswith("not ") else e.condition
+                if key not in after_src:
+                    raise GraphValidationError(
+                        f"Edge {e.src!r} -> {e.dst!r} in graph {self.name!r}: condition {e.condition!r} reads field "
+                        f"{key!r}, which neither {e.src!r} nor anything upstream of it sets. Fields available there: "
+                        f"{sorted(after_src)}. Use one of them, or pass a callable condition=lambda state: ..."
+                    )
+            for dst_field, src_field in e.mapping.items():
+                if src_field not in after_src:
+                    raise GraphValidationError(
+                        f"Edge {e.src!r} -> {e.dst!r} in graph {self.name!r} maps {dst_field!r} from field "
+                        f"{src_field!r}, which neither {e.src!r} nor anything upstream of it sets. Fields available "
+                        f"there: {sorted(after_src)}. Fix the mapping {{{dst_field!r}: <source field>}}."
+                    )
         if self.outputs:
             all_out = available_at_start | {o for s in self._nodes.values() for o in s.outputs}
             missing = [o for o in self.outputs if o not in all_out]
@@ -330,6 +368,19 @@ class ProgramGraph:
                     f"Graph {self.name!r} declares outputs {missing} that no node produces; "
                     f"node outputs: {sorted(all_out)}."
                 )
+
+    def _fields_before(self, n: str, available_at_start: set[str], cyclic: set[str]) -> set[str]:
+        """State fields that may be set when node `n` starts: graph inputs, defaults, upstream outputs, mappings."""
+        upstream = nx.ancestors(self._g, n) | ({n} if n in cyclic else set())
+        produced = set(available_at_start)
+        for u in upstream:
+            produced |= set(self._nodes[u].outputs)
+            if self._nodes[u].catch_errors:
+                produced.add("error")
+        for e in self._edges:
+            if e.src in upstream or e.src == n:
+                produced |= set(e.mapping)
+        return produced
 
     def _cyclic_nodes(self) -> set[str]:
         """Nodes on some cycle: their own outputs from an earlier iteration may feed their inputs."""
@@ -340,9 +391,10 @@ class ProgramGraph:
     def to_mermaid(self) -> str:
         """Mermaid `flowchart` text: modules as rectangles, functions as rounded boxes, bounded edges dotted."""
         lines = ["flowchart TD"]
+        ids = {n: _mermaid_id(n, self._nodes) for n in self._nodes}
         for n, s in self._nodes.items():
             label = f"{n}<br/>{type(self._impl[n]).__name__}" if s.kind == "module" else n
-            lines.append(f'    {n}["{label}"]' if s.kind == "module" else f'    {n}("{label}")')
+            lines.append(f'    {ids[n]}["{label}"]' if s.kind == "module" else f'    {ids[n]}("{label}")')
         for e in self._edges:
             parts = []
             if e.condition is not None:
@@ -351,9 +403,10 @@ class ProgramGraph:
                 parts.append(", ".join(f"{k}={v}" for k, v in e.mapping.items()))
             if e.max_iters is not None:
                 parts.append(f"max {e.max_iters}")
-            label = " / ".join(parts).replace('"', "'")
+            label = _mermaid_text(" / ".join(parts))
             arrow = "-.->" if e.max_iters is not None else "-->"
-            lines.append(f"    {e.src} {arrow}|{label}| {e.dst}" if label else f"    {e.src} {arrow} {e.dst}")
+            src, dst = ids[e.src], ids[e.dst]
+            lines.append(f"    {src} {arrow}|{label}| {dst}" if label else f"    {src} {arrow} {dst}")
         return "\n".join(lines) + "\n"
 
     def describe(self) -> dict[str, Any]:
@@ -411,7 +464,6 @@ class GraphModule(dspy.Module):
             self._out_edges[e.src].append(e)
         self._order = graph._order
         self._specs = graph._nodes
-        self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> GraphModule:
         # Optimizers deep-copy programs; copy the module dict, share the immutable wiring and functions.
@@ -422,8 +474,6 @@ class GraphModule(dspy.Module):
         for k, v in self.__dict__.items():
             if k in ("graph", "_functions", "_out_edges", "_order", "_specs"):
                 new.__dict__[k] = v
-            elif k == "_lock":
-                new.__dict__[k] = threading.Lock()
             else:
                 new.__dict__[k] = copy.deepcopy(v, memo)
         return new
@@ -432,7 +482,17 @@ class GraphModule(dspy.Module):
         spec = self._specs[name]
         if spec.kind == "module":
             pred = self.nodes[name](**kwargs)
-            return {o: pred.get(o) if hasattr(pred, "get") else getattr(pred, o, None) for o in spec.outputs}
+            missing = [o for o in spec.outputs if not _has_field(pred, o)]
+            if missing:
+                raise GraphRunError(
+                    f"Module node {name!r} returned a {type(pred).__name__} without its declared outputs {missing}. "
+                    "Return a dspy.Prediction with every declared output, or fix outputs=[...] in add_node().",
+                    name,
+                    [],
+                )
+            if isinstance(pred, Mapping | dspy.Prediction):
+                return {o: pred[o] for o in spec.outputs}
+            return {o: getattr(pred, o) for o in spec.outputs}
         result = self._functions[name](**kwargs)
         if isinstance(result, dspy.Prediction):
             return {o: result.get(o) for o in spec.outputs}
