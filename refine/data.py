@@ -11,7 +11,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ActionSpec",
@@ -144,6 +144,16 @@ class Verdict(_Model):
     def _strip(cls, v: list[str]) -> list[str]:
         return [r.strip() for r in v if r.strip()]
 
+    @model_validator(mode="after")
+    def _ok_iff_no_reasons(self) -> Verdict:
+        # A rejection without a reason cannot be acted on (no GEPA feedback, no audit trail); an acceptance with
+        # reasons is contradictory. Build verdicts as Verdict(ok=not reasons, reasons=reasons, ...).
+        if self.ok and self.reasons:
+            raise ValueError(f"Verdict(ok=True) must have no reasons, got {self.reasons}; use ok=not reasons.")
+        if not self.ok and not self.reasons:
+            raise ValueError("Verdict(ok=False) needs at least one reason saying why it was rejected.")
+        return self
+
     @property
     def score(self) -> float:
         """1.0 when accepted, else the fraction of checks that passed (never 1.0 for a rejection)."""
@@ -176,26 +186,36 @@ class Trajectory(_Model):
     def player_turns(self) -> list[Turn]:
         return [t for t in self.turns if t.role == "player"]
 
+    def judging_turn(self, index: int) -> Turn | None:
+        """The DM turn that judges the player turn at `index`: the next DM turn before any other player turn.
+
+        A player turn followed directly by another player turn (or by nothing) has no judgement.
+        """
+        for u in self.turns[index + 1 :]:
+            if u.role == "dm":
+                return u
+            if u.role == "player":
+                return None
+        return None
+
     def mark_losses(self) -> Trajectory:
-        """Set `loss=False` on every player turn whose following DM turn flags an error; `True` on the others."""
+        """Set `loss=False` on every player turn whose judging DM turn flags an error; `True` on the others."""
         turns = [t.model_copy() for t in self.turns]
         for i, t in enumerate(turns):
             if t.role != "player":
                 continue
-            nxt = next((u for u in turns[i + 1 :] if u.role == "dm"), None)
-            t.loss = not (nxt is not None and nxt.has_error)
+            judge = self.judging_turn(i)
+            t.loss = not (judge is not None and judge.has_error)
         return self.model_copy(update={"turns": turns})
 
     def refinement_episodes(self) -> int:
         """Number of error -> fix episodes: an erroneous player action followed by a player action without error."""
         episodes, pending = 0, False
-        turns = self.turns
-        for i, t in enumerate(turns):
+        for i, t in enumerate(self.turns):
             if t.role != "player":
                 continue
-            nxt = next((u for u in turns[i + 1 :] if u.role == "dm"), None)
-            erroneous = nxt is not None and nxt.has_error
-            if erroneous:
+            judge = self.judging_turn(i)
+            if judge is not None and judge.has_error:
                 pending = True
             elif pending:
                 episodes += 1
