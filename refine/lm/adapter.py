@@ -1,0 +1,117 @@
+"""`GrammarChatAdapter`: DSPy's ChatAdapter whose answer format is enforced by a grammar on the in-process engine.
+
+The adapter formats prompts exactly like `dspy.ChatAdapter`, and additionally ships a Lark grammar of the expected
+answer (one `[[ ## field ## ]]` section per output, typed values as bounded JSON) to the LM through
+`lm_kwargs["metadata"]`, which DSPy passes to the engine as `request.config.extensions["metadata"]` (and includes in
+its cache key). Engines that cannot use a grammar (remote LiteLLM models) get a plain ChatAdapter call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+from refine.lm.grammar import GrammarBounds, bounds_for_budget, lark_for_signature
+
+__all__ = ["LARK_METADATA_KEY", "GrammarChatAdapter", "default_adapter", "engine_accepts_grammar", "react_tool_args"]
+
+#: Key of the Lark grammar inside `metadata` (the engine reads `request.config.extensions["metadata"][key]`).
+LARK_METADATA_KEY = "lark"
+
+
+def engine_accepts_grammar(lm: Any) -> bool:
+    """Whether `lm` is a `dspy.LM` whose custom engine enforces Lark grammars sent through metadata."""
+    engine = getattr(lm, "engine", None)
+    return bool(getattr(engine, "accepts_lark_grammar", False))
+
+
+def react_tool_args(react: Any) -> dict[str, dict[str, Any]]:
+    """Tool name -> JSON schema of its arguments for a `dspy.ReAct` module (input of `GrammarChatAdapter(tool_args=)`).
+
+    Coupling each tool name with its own argument schema in the grammar is what makes a small model emit usable
+    arguments; with a free `dict` the model tends to emit `{}`.
+    """
+    tools = getattr(react, "tools", None)
+    if not isinstance(tools, dict):
+        from refine.errors import ConfigError
+
+        raise ConfigError(f"react_tool_args needs a dspy.ReAct module (with a .tools dict), got {type(react).__name__}")
+    return {
+        name: {
+            "type": "object",
+            "properties": dict(tool.args),
+            "required": list(tool.args),
+            "additionalProperties": False,
+        }
+        for name, tool in tools.items()
+    }
+
+
+class GrammarChatAdapter(dspy.ChatAdapter):
+    """A ChatAdapter whose answers always parse on the embedded/local engine.
+
+    The JSON fallback of ChatAdapter is off: with the grammar the chat format cannot fail to parse unless generation
+    hits `max_tokens`, and the caps are shrunk to the LM's `max_tokens` so that it does not.
+
+    Args:
+        bounds: caps for free text, JSON strings and arrays (default `GrammarBounds()`).
+        tool_args: tool name -> argument schema, for ReAct predictors (see `react_tool_args`).
+        **kwargs: passed to `dspy.ChatAdapter` (callbacks, ...).
+
+    Example:
+        >>> import dspy
+        >>> from refine.lm import GrammarChatAdapter
+        >>> adapter = GrammarChatAdapter()
+        >>> isinstance(adapter, dspy.ChatAdapter)
+        True
+    """
+
+    def __init__(
+        self,
+        bounds: GrammarBounds | None = None,
+        tool_args: dict[str, dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("use_json_adapter_fallback", False)
+        super().__init__(**kwargs)
+        self.bounds = bounds or GrammarBounds()
+        self.tool_args = tool_args
+
+    def grammar(self, signature: type[dspy.Signature], max_tokens: int | None = None) -> str:
+        """The Lark grammar of `signature`'s answer, with caps fitted to `max_tokens`."""
+        bounds = bounds_for_budget(signature, max_tokens, self.bounds)
+        return lark_for_signature(signature, bounds, tool_args=self.tool_args)
+
+    def _with_grammar(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature]) -> dict[str, Any]:
+        if not engine_accepts_grammar(lm):
+            return lm_kwargs
+        max_tokens = lm_kwargs.get("max_tokens", getattr(lm, "kwargs", {}).get("max_tokens"))
+        metadata = dict(lm_kwargs.get("metadata") or {})
+        metadata[LARK_METADATA_KEY] = self.grammar(signature, max_tokens)
+        return {**lm_kwargs, "metadata": metadata}
+
+    def __call__(
+        self,
+        lm: Any,
+        lm_kwargs: dict[str, Any],
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        return super().__call__(lm, self._with_grammar(lm, lm_kwargs, signature), signature, demos, inputs)
+
+    async def acall(
+        self,
+        lm: Any,
+        lm_kwargs: dict[str, Any],
+        signature: type[dspy.Signature],
+        demos: list[dict[str, Any]],
+        inputs: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        return await super().acall(lm, self._with_grammar(lm, lm_kwargs, signature), signature, demos, inputs)
+
+
+def default_adapter(lm: Any) -> dspy.Adapter:
+    """The adapter to use with `lm`: `GrammarChatAdapter` for in-process engines, DSPy's `ChatAdapter` otherwise."""
+    return GrammarChatAdapter() if engine_accepts_grammar(lm) else dspy.ChatAdapter()

@@ -1,0 +1,423 @@
+"""The in-process DSPy engine: micro-batched, grammar-constrained generation with a transformers model.
+
+DSPy 3.4 calls `engine.complete(Request) -> Response` from many threads at once (`module.batch`, `dspy.Parallel`,
+`Evaluate`). Each call is turned into a job and queued to one worker thread per model, which collects jobs for a few
+milliseconds (up to `max_batch`), groups them by sampling settings, left-pads them and runs one `generate()` per group,
+then resolves every caller's future. Grammars (JSON schema from `response_format`, Lark from `GrammarChatAdapter`)
+are enforced per row by `refine.lm.decoding.RowsProcessor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from refine.errors import LMError
+from refine.lm.decoding import RowsProcessor, grammar_for_request
+from refine.lm.grammar import GrammarBounds
+from refine.lm.loader import LoadedModel, load_model
+
+__all__ = ["AsyncLocalEngine", "BatchRecord", "LocalEngine"]
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class BatchRecord(NamedTuple):
+    """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks)."""
+
+    size: int
+    seconds: float
+    prompt_tokens: int
+    output_tokens: int
+    grammar_rows: int
+    grammar_seconds: float
+
+
+@dataclass
+class _Job:
+    request: Any
+    future: Future
+    loaded: LoadedModel
+    prompt_ids: list[int]
+    grammar: str | None
+    max_new: int
+    sample_key: tuple[Any, ...]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+def _text_of(content: Any, what: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        text = getattr(part, "text", None)
+        if text is None:
+            raise LMError(f"The in-process engine handles text only; the {what} has a {type(part).__name__} part")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _chat_messages(request: Any) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    system = _text_of(request.system, "system prompt")
+    if system:
+        messages.append({"role": "system", "content": system})
+    for message in request.messages:
+        text = message.text
+        if text is None:
+            raise LMError(f"The in-process engine handles text only; a {message.role} message has non-text parts")
+        role = {"developer": "system", "tool": "user"}.get(message.role, message.role)
+        messages.append({"role": role, "content": text})
+    return messages
+
+
+class _Batcher:
+    """The queue and worker thread of one (engine, model) pair."""
+
+    def __init__(self, engine: LocalEngine, loaded: LoadedModel) -> None:
+        self.engine = engine
+        self.loaded = loaded
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name=f"refine-lm-batcher-{loaded.source.kind}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+
+    def _collect(self) -> tuple[list[_Job], bool]:
+        first = self.queue.get()
+        if first is _STOP:
+            return [], True
+        jobs = [first]
+        deadline = time.perf_counter() + self.engine.batch_wait_ms / 1000.0
+        while len(jobs) < self.engine.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            jobs, stopping = self._collect()
+            groups: dict[tuple[Any, ...], list[_Job]] = collections.defaultdict(list)
+            for job in jobs:
+                if job.future.set_running_or_notify_cancel():
+                    groups[job.sample_key].append(job)
+            for group in groups.values():
+                try:
+                    self.engine._run_batch(self.loaded, group)
+                except Exception as exc:  # the worker must survive; every caller gets the error
+                    logger.exception("Batched generation failed for %d requests", len(group))
+                    error = exc if isinstance(exc, LMError) else LMError(f"In-process generation failed: {exc}")
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+
+
+class LocalEngine:
+    """DSPy engine running an HF causal LM in-process, with micro-batching and grammar-constrained decoding.
+
+    The model is chosen by each request's model string (`embedded`, `local/<dir>`, `hf/<repo>`), so `LM.copy(model=...)`
+    keeps working with the same engine (this is how a fine-tuned student is handed back). Models are loaded lazily,
+    once per process, and shared between engines.
+
+    Args:
+        max_batch: most requests in one `generate()`; 1 disables batching.
+        batch_wait_ms: how long the worker waits for more requests after the first one of a batch.
+        default_max_tokens: generation limit when a request sets none.
+        dtype: weights dtype (`float32`, `bfloat16`, `float16`; default `$REFINE_LM_DTYPE` or float32).
+        torch_threads: torch intra-op threads (default `$REFINE_TORCH_THREADS` or min(2, cpus)).
+        bounds: caps injected into JSON schemas from `response_format`.
+        keep_batches: how many `BatchRecord`s to keep in `batches`.
+
+    Example:
+        >>> import dspy
+        >>> from refine.lm.engine import LocalEngine
+        >>> lm = dspy.LM("embedded", engine=LocalEngine(max_batch=8), max_tokens=256)  # loads on first call
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supported_params = frozenset({"response_format", "temperature", "max_tokens", "top_p", "top_k", "seed", "stop"})
+    #: Read by `GrammarChatAdapter`: this engine enforces `metadata={"lark": ...}`.
+    accepts_lark_grammar = True
+
+    _shared: ClassVar[dict[tuple[Any, ...], LocalEngine]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        max_batch: int = 16,
+        batch_wait_ms: float = 10.0,
+        default_max_tokens: int = 512,
+        dtype: str | None = None,
+        torch_threads: int | None = None,
+        bounds: GrammarBounds | None = None,
+        keep_batches: int = 10_000,
+    ) -> None:
+        if max_batch < 1:
+            raise LMError(f"max_batch must be >= 1, got {max_batch}")
+        if batch_wait_ms < 0:
+            raise LMError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+        if default_max_tokens < 1:
+            raise LMError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        self.max_batch = int(max_batch)
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.default_max_tokens = int(default_max_tokens)
+        self.dtype = dtype
+        self.torch_threads = torch_threads
+        self.bounds = bounds or GrammarBounds()
+        self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=keep_batches)
+        self._batchers: dict[int, _Batcher] = {}
+        self._lock = threading.Lock()
+        self._executor: Any = None
+        self._ids = itertools.count()
+
+    # -- construction helpers -------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that define this engine (JSON-serializable)."""
+        return {
+            "max_batch": self.max_batch,
+            "batch_wait_ms": self.batch_wait_ms,
+            "default_max_tokens": self.default_max_tokens,
+            "dtype": self.dtype,
+            "torch_threads": self.torch_threads,
+            "bounds": [self.bounds.max_text, self.bounds.max_string, self.bounds.max_items],
+        }
+
+    @classmethod
+    def shared(cls, **config: Any) -> LocalEngine:
+        """The process-wide engine with this configuration (created on first use), so LMs share one batch queue."""
+        bounds = config.get("bounds")
+        if isinstance(bounds, (list, tuple)):
+            config["bounds"] = GrammarBounds(*bounds)
+        probe = cls(**config)
+        key = tuple(sorted((k, repr(v)) for k, v in probe.config().items()))
+        with cls._shared_lock:
+            return cls._shared.setdefault(key, probe)
+
+    def dump_state(self) -> dict[str, Any]:
+        """State saved with a program whose predictor has this engine's LM set (see `dspy.LM.dump_state`)."""
+        return self.config()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> LocalEngine:
+        """Rebuild (or reuse) the shared engine described by `dump_state()`."""
+        return cls.shared(**dict(state))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LocalEngine:
+        # Optimizers deepcopy programs; the engine (threads, loaded models) is a shared service, not program state.
+        return self
+
+    def __copy__(self) -> LocalEngine:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LocalEngine.load_state, (self.dump_state(),))
+
+    def close(self) -> None:
+        """Stop the worker threads (requests already queued are answered first)."""
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.stop()
+
+    # -- the DSPy engine contract ---------------------------------------------------------------------------------
+    def complete(self, request: Any) -> Any:
+        """Answer one DSPy request (blocks until its batch has run)."""
+        return self.submit(request).result()
+
+    def submit(self, request: Any) -> Future:
+        """Queue a request and return a future of its `dspy.lm15.Response` (used by the async engine).
+
+        Raises:
+            LMError: when the request cannot be served (non-text content, tools, invalid grammar, context too long).
+        """
+        if request.tools:
+            raise LMError(
+                "The in-process engine does no native function calling; use dspy.ReAct or a ChatAdapter without "
+                "use_native_function_calling"
+            )
+        loaded = load_model(request.model, dtype=self.dtype, torch_threads=self.torch_threads)
+        config = request.config
+        max_new = int(config.max_tokens or self.default_max_tokens)
+        messages = _chat_messages(request)
+        prompt_ids = loaded.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        limit = getattr(loaded.model.config, "max_position_embeddings", None)
+        if limit and len(prompt_ids) + max_new > limit:
+            raise LMError(
+                f"Prompt of {len(prompt_ids)} tokens + max_tokens {max_new} exceeds the context of "
+                f"{request.model} ({limit} tokens); shorten the inputs or lower max_tokens"
+            )
+        grammar = grammar_for_request(request, self.bounds)
+        temperature = float(config.temperature or 0.0)
+        sample_key = (
+            temperature > 0,
+            temperature if temperature > 0 else None,
+            config.top_p if temperature > 0 else None,
+            config.top_k if temperature > 0 else None,
+            config.seed,
+        )
+        job = _Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key)
+        self._batcher(loaded).queue.put(job)
+        return job.future
+
+    def _batcher(self, loaded: LoadedModel) -> _Batcher:
+        with self._lock:
+            batcher = self._batchers.get(id(loaded))
+            if batcher is None:
+                batcher = self._batchers[id(loaded)] = _Batcher(self, loaded)
+            return batcher
+
+    def _ll_executor(self) -> Any:
+        with self._lock:
+            if self._executor is None:
+                import llguidance
+
+                self._executor = llguidance.LLExecutor(num_threads=1)
+            return self._executor
+
+    def _run_batch(self, loaded: LoadedModel, jobs: list[_Job]) -> None:
+        import torch
+
+        for start in range(0, len(jobs), self.max_batch):
+            chunk = jobs[start : start + self.max_batch]
+            results = self._generate(loaded, chunk, torch)
+            for job, response in zip(chunk, results, strict=True):
+                job.future.set_result(response)
+
+    def _generate(self, loaded: LoadedModel, jobs: list[_Job], torch: Any) -> list[Any]:
+        from dspy.lm15 import Message, Response, Usage
+
+        rows = len(jobs)
+        width = max(len(job.prompt_ids) for job in jobs)
+        input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        for row, job in enumerate(jobs):
+            n = len(job.prompt_ids)
+            input_ids[row, width - n :] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            attention[row, width - n :] = 1
+        grammars = [job.grammar for job in jobs]
+        processor = RowsProcessor(
+            loaded.ll_tokenizer() if any(grammars) else None,
+            grammars,
+            [job.max_new for job in jobs],
+            loaded.vocab_size,
+            loaded.eos_ids,
+            self._ll_executor() if any(grammars) else None,
+        )
+        do_sample, temperature, top_p, top_k, seed = jobs[0].sample_key
+        generation = copy.deepcopy(loaded.model.generation_config)
+        generation.max_new_tokens = max(job.max_new for job in jobs)
+        generation.do_sample = do_sample
+        generation.temperature = temperature if do_sample else 1.0
+        generation.top_p = top_p if (do_sample and top_p is not None) else 1.0
+        generation.top_k = top_k if (do_sample and top_k is not None) else None
+        generation.pad_token_id = loaded.pad_id
+        generation.eos_token_id = list(loaded.eos_ids)
+        generation.min_new_tokens = None  # would ban EOS even where the grammar allows nothing else
+        generation.min_length = 0
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        started = time.perf_counter()
+        with loaded.lock, torch.inference_mode():
+            output = loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=generation,
+                logits_processor=[processor],
+            )
+        seconds = time.perf_counter() - started
+        responses = []
+        produced = 0
+        for row, job in enumerate(jobs):
+            tokens = output[row, width:].tolist()[: job.max_new]
+            finish = "length"
+            for index, token in enumerate(tokens):
+                if token in loaded.eos_ids:
+                    tokens, finish = tokens[:index], "stop"
+                    break
+            text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+            stops = [text.find(s) for s in job.request.config.stop if s and s in text]
+            if stops:
+                text, finish = text[: min(stops)], "stop"
+            if processor.limits.grammar_error[row] is not None:
+                logger.warning("Row %d left its grammar: %s", row, processor.limits.grammar_error[row])
+            produced += len(tokens)
+            responses.append(
+                Response(
+                    id=f"refine-local-{next(self._ids)}",
+                    model=job.request.model,
+                    message=Message.assistant(text),
+                    finish_reason=finish,
+                    usage=Usage(input_tokens=len(job.prompt_ids), output_tokens=len(tokens)),
+                )
+            )
+        self.batches.append(
+            BatchRecord(
+                size=rows,
+                seconds=seconds,
+                prompt_tokens=sum(len(job.prompt_ids) for job in jobs),
+                output_tokens=produced,
+                grammar_rows=sum(1 for g in grammars if g),
+                grammar_seconds=processor.grammar_seconds,
+            )
+        )
+        return responses
+
+
+class AsyncLocalEngine:
+    """Async counterpart of `LocalEngine` (pass as `dspy.LM(..., async_engine=...)`): awaits the same batched future.
+
+    Args:
+        engine: the sync engine whose queue and models are used.
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supported_params = LocalEngine.supported_params
+    accepts_lark_grammar = True
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request: Any) -> Any:
+        """Answer one request without blocking the event loop (model loading runs in a worker thread)."""
+        future = await asyncio.to_thread(self.engine.submit, request)
+        return await asyncio.wrap_future(future)
+
+    def dump_state(self) -> dict[str, Any]:
+        """Same state as the sync engine."""
+        return self.engine.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncLocalEngine:
+        """Rebuild around the shared sync engine of this configuration."""
+        return cls(LocalEngine.load_state(state))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncLocalEngine:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AsyncLocalEngine.load_state, (self.dump_state(),))

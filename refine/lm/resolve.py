@@ -1,0 +1,138 @@
+"""Model strings -> `dspy.LM`: the embedded default, local/hf checkpoints in-process, anything else through LiteLLM.
+
+`get_lm("embedded")` (the default) needs no key and no network. `local/<dir>` serves a saved checkpoint (a distilled
+student) with the same engine, `hf/<repo>` loads from the hub, and every other string is a plain `dspy.LM` model
+(OpenAI-compatible servers such as vLLM, SGLang, Ollama or llama.cpp's server via `openai/<name>` + `api_base`);
+API keys are read from the environment by LiteLLM and never stored by dspy-refine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from refine.errors import ConfigError, LMError
+from refine.lm.adapter import GrammarChatAdapter, default_adapter
+from refine.lm.loader import EMBEDDED, is_local_model
+
+__all__ = ["ADAPTERS", "configure", "configure_cache", "get_lm"]
+
+logger = logging.getLogger(__name__)
+
+#: Adapter names accepted by `configure(adapter=...)`.
+ADAPTERS = ("auto", "grammar", "chat", "json")
+
+_ENGINE_KEYS = ("max_batch", "batch_wait_ms", "default_max_tokens", "dtype", "torch_threads", "bounds")
+_LOCAL_DEFAULTS = {"max_tokens": 512, "temperature": 0.0}
+
+
+def _local_model_string(model: str) -> str:
+    """Normalize a bare checkpoint path to `local/<absolute path>` (so the engine and the cache key agree)."""
+    if model == EMBEDDED or model.startswith(("local/", "hf/")):
+        return model
+    return "local/" + str(Path(model).expanduser().resolve())
+
+
+def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
+    """Build a `dspy.LM` for a model string.
+
+    Args:
+        model: `embedded` (default; SmolLM2-135M-Instruct in-process), `local/<dir>` or a checkpoint folder,
+            `hf/<repo_id>`, or any LiteLLM model string (e.g. `openai/gpt-4o-mini`, `openai/<name>` with `api_base=`
+            for a local server).
+        **lm_kwargs: passed to `dspy.LM` (`max_tokens`, `temperature`, `cache`, `num_retries`, ...). For in-process
+            models the engine settings `max_batch`, `batch_wait_ms`, `default_max_tokens`, `dtype`, `torch_threads`
+            and `bounds` are taken out and given to the shared `LocalEngine`.
+
+    Returns:
+        The LM. In-process models load lazily, on the first call.
+
+    Raises:
+        LMError: when the model string is empty, or an in-process checkpoint folder is missing.
+        ConfigError: when connection settings are given for an in-process model.
+
+    Example:
+        >>> from refine.lm import get_lm
+        >>> lm = get_lm("embedded", max_tokens=256)
+        >>> lm.model
+        'embedded'
+    """
+    if not model or not model.strip():
+        raise LMError("Empty model string. Use 'embedded', 'local/<dir>', 'hf/<repo>' or a LiteLLM model string")
+    if not is_local_model(model):
+        # LiteLLM / lm15 path; keys come from the environment (OPENAI_API_KEY, ...) unless the caller passes one.
+        return dspy.LM(model, **lm_kwargs)
+    from refine.lm.engine import AsyncLocalEngine, LocalEngine
+    from refine.lm.loader import resolve_source
+
+    for key in ("api_key", "api_base", "base_url", "timeout"):
+        if key in lm_kwargs:
+            raise ConfigError(
+                f"{key}= is for remote LMs; {model!r} runs in-process. Drop it, or use openai/<name> with api_base="
+            )
+    model = _local_model_string(model)
+    if model.startswith("local/"):
+        resolve_source(model)  # fail now, with a clear message, rather than on the first call
+    engine_kwargs = {k: lm_kwargs.pop(k) for k in _ENGINE_KEYS if k in lm_kwargs}
+    engine = LocalEngine.shared(**engine_kwargs)
+    for key, value in _LOCAL_DEFAULTS.items():
+        lm_kwargs.setdefault(key, value)
+    return dspy.LM(model, engine=engine, async_engine=AsyncLocalEngine(engine), **lm_kwargs)
+
+
+def _adapter_for(name: str, lm: dspy.LM) -> dspy.Adapter:
+    if name == "auto":
+        return default_adapter(lm)
+    if name == "grammar":
+        return GrammarChatAdapter()
+    if name == "chat":
+        return dspy.ChatAdapter()
+    if name == "json":
+        return dspy.JSONAdapter()
+    raise ConfigError(f"Unknown adapter {name!r}; choose one of {', '.join(ADAPTERS)}")
+
+
+def configure(model: str = EMBEDDED, adapter: str = "auto", **lm_kwargs: Any) -> dspy.LM:
+    """`dspy.configure(lm=get_lm(model, ...), adapter=...)` in one call.
+
+    Args:
+        model: model string (see `get_lm`).
+        adapter: `auto` (GrammarChatAdapter for in-process models, ChatAdapter otherwise), `grammar`, `chat` or `json`.
+        **lm_kwargs: passed to `get_lm`.
+
+    Returns:
+        The configured LM.
+
+    Raises:
+        ConfigError: for an unknown adapter name.
+    """
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"Unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    lm = get_lm(model, **lm_kwargs)
+    dspy.configure(lm=lm, adapter=_adapter_for(adapter, lm))
+    return lm
+
+
+def configure_cache(directory: str | os.PathLike[str] | None, memory: bool = True) -> None:
+    """Point DSPy's LM response cache at a run's own directory (or turn the disk cache off with None).
+
+    Entries are keyed by a hash of the full request (model, messages, settings, grammar), so a resumed run reuses
+    its earlier answers and two runs never mix theirs unless the requests are identical.
+
+    Args:
+        directory: folder for the disk cache (created if needed), or None for memory-only caching.
+        memory: keep the in-memory LRU cache too.
+    """
+    if directory is None:
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=memory)
+        return
+    path = Path(directory).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot create the LM cache directory {path}: {exc}") from exc
+    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(path))
