@@ -15,6 +15,7 @@ nor duplicates work.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -30,8 +31,13 @@ from refine.errors import RunStoreError
 
 __all__ = ["RunStore", "package_versions", "redact", "scrub_secrets"]
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|bearer|credential)", re.I)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# Whole name parts only: `max_tokens` / `prompt_tokens` are settings and usage counts, not secrets.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(api[_-]?key|(secret|access|private)[_-]?key|secret|token|password|passwd|authorization|bearer"
+    r"|credentials?)$",
+    re.I,
+)
+_SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
 _MANIFEST_IGNORED_ON_RESUME = ("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address")
 
@@ -79,6 +85,26 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
+    """The config exactly as the manifest stores it (redacted, scrubbed, JSON-typed), so resume compares like with like.
+
+    Without this a tuple, a Path or a value equal to a secret env var would differ from its stored JSON form and
+    every resume would fail with a spurious config mismatch.
+    """
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    config = _jsonable(config)
+    if not isinstance(config, Mapping):
+        raise RunStoreError(
+            f"RunStore config must be a dict, a dataclass or a pydantic model, got {type(config).__name__}."
+        )
+    text = json.dumps(redact(dict(config)), default=str, ensure_ascii=False)
+    normalized: dict[str, Any] = json.loads(scrub_secrets(text, secrets))
+    return normalized
+
+
 class RunStore:
     """An append-only, resumable run directory.
 
@@ -109,7 +135,7 @@ class RunStore:
         self._secrets = _secret_values()
         self._keys: set[str] = set()
         self._fds: dict[str, int] = {}
-        config = _jsonable(config) if config is not None else {}
+        config = _normalize_config(config, self._secrets)
         exists = (self.path / "manifest.json").exists()
         if exists and not resume and shard is None:
             raise RunStoreError(
@@ -120,7 +146,7 @@ class RunStore:
         self._lockfile = None
         if lock:
             name = f".lock.{shard}" if shard else ".lock"
-            self._lockfile = open(self.path / name, "w")  # noqa: SIM115 - held for the store's lifetime
+            self._lockfile = open(self.path / name, "w")  # held for the store's lifetime
             try:
                 fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -131,7 +157,7 @@ class RunStore:
         if exists:
             manifest = self.manifest
             old = {k: v for k, v in manifest.get("config", {}).items() if k not in _MANIFEST_IGNORED_ON_RESUME}
-            new = {k: v for k, v in redact(config).items() if k not in _MANIFEST_IGNORED_ON_RESUME}
+            new = {k: v for k, v in config.items() if k not in _MANIFEST_IGNORED_ON_RESUME}
             if config and old != new:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunStoreError(
@@ -149,7 +175,7 @@ class RunStore:
         else:
             self._write_manifest(
                 {
-                    "config": redact(config),
+                    "config": config,
                     "versions": package_versions(),
                     "program_hash": program_hash,
                     "started_at": _now(),
@@ -236,7 +262,13 @@ class RunStore:
         """Append one record to `<kind>.jsonl` unless `key` is already in the run. Returns True when written."""
         if not kind.isidentifier():
             raise RunStoreError(f"Record kind {kind!r} must be an identifier (it names the file {kind}.jsonl).")
-        rec = {"key": key, **_jsonable(record)} if not isinstance(record, Mapping) else {"key": key, **record}
+        body = dict(_jsonable(record)) if not isinstance(record, Mapping) else dict(record)
+        if body.get("key", key) != key:
+            raise RunStoreError(
+                f"Record for {kind}.jsonl has its own 'key' field {body['key']!r} that differs from key={key!r}; "
+                "the store indexes records by that field. Rename the record's field or pass key=record['key']."
+            )
+        rec = {"key": key, **body}
         line = json.dumps(rec, ensure_ascii=False, default=str)
         line = scrub_secrets(line, self._secrets) + "\n"
         with self._lock:
@@ -248,9 +280,14 @@ class RunStore:
                 fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._fds[kind] = fd
             data = line.encode()
+            size = os.fstat(fd).st_size
             written = os.write(fd, data)
             if written != len(data):
-                raise RunStoreError(f"Short write to {self.path}/{kind}.jsonl ({written}/{len(data)} bytes); disk full?")
+                # Cut the partial line so the next record does not glue onto it (both would be lost on read).
+                os.ftruncate(fd, size)
+                raise RunStoreError(
+                    f"Short write to {self.path}/{kind}.jsonl ({written}/{len(data)} bytes); is the disk full?"
+                )
             os.fsync(fd)
             self._keys.add(key)
             return True
