@@ -15,7 +15,9 @@ class EnvironmentStep(dspy.Signature):
     error, say plainly what was wrong without giving the answer away. Set `task_completed` only when the task's
     completion conditions hold after this action."""
 
-    script: str = dspy.InputField(desc="The environment script: environment, tasks, actions with patterns and values.")
+    script_text: str = dspy.InputField(
+        desc="The environment script: environment, tasks, actions with patterns and values."
+    )
     history: str = dspy.InputField(desc="Earlier actions and observations, oldest first.")
     action: str = dspy.InputField(desc="The player's action to judge.")
     analysis: str = dspy.OutputField(desc="Your reasoning: is the action valid here, and what does it change?")

@@ -37,7 +37,9 @@ class PlayTrajectory(dspy.Signature):
     `task_completed` with no error flags. If `feedback` lists problems of an earlier attempt, fix all of them.
     """
 
-    script: str = dspy.InputField(desc="The environment script: environment, tasks, actions with patterns and values.")
+    script_text: str = dspy.InputField(
+        desc="The environment script: environment, tasks, actions with patterns and values."
+    )
     feedback: str = dspy.InputField(desc="Problems found in the previous attempt (empty on the first attempt).")
     turns: list[TurnDraft] = dspy.OutputField(desc="The whole trajectory, starting with a player turn.")
 

@@ -139,13 +139,21 @@ def _bucket(text: str) -> int:
 
 
 def teacher_respond(fields: list[str], inputs: dict[str, Any], messages: Any) -> dict[str, Any]:
-    """A deterministic teacher: personas hashing to bucket 3 get a trajectory with too few refinements on the
-    first attempt (fixed once `feedback` is non-empty), all others get a correct one."""
+    """A deterministic teacher keyed on a hash of the script: bucket 2 never completes the task (rejected after
+    every attempt), bucket 3 has too few refinements on the first attempt (fixed on the retry), others are correct."""
     if "script" in fields:
         return {"script": script_draft(tea_script(inputs.get("persona", "someone")))}
     if "turns" in fields:
-        first = not inputs.get("feedback", "").strip()
-        turns = bad_turns("few_refinements") if first and _bucket(inputs.get("script", "")) == 3 else good_turns()
+        # An empty `feedback` may come back as the prompt's trailing instruction (ScriptedEngine strips before it
+        # splits that off), so "first attempt" means: no verifier feedback, which always starts with "Attempt".
+        first = not inputs.get("feedback", "").strip().startswith("Attempt")
+        bucket = _bucket(inputs.get("script_text", ""))
+        if bucket == 2:
+            turns = bad_turns("not_completed")  # rejected on every attempt
+        elif bucket == 3 and first:
+            turns = bad_turns("few_refinements")  # fixed on the retry
+        else:
+            turns = good_turns()
         return {"turns": turn_drafts(turns)}
     if "diagnosis" in fields:
         return {"diagnosis": "The action used a value that is not allowed."}
