@@ -1,0 +1,295 @@
+"""`InteractiveRefine`: agent -> environment -> feedback -> refine, as a bounded-loop `ProgramGraph`.
+
+The environment is either the LLM Dungeon Master judging actions against a script (`EnvironmentStep`) or any
+object implementing the `refine.envs.base.TextEnv` protocol. The agent (`PlayerAct`) may run on a different LM from
+the teacher that interprets feedback and refines actions (`agent_lm=`): the student acts, the teacher fixes its
+mistakes, which yields on-policy refinement data. Each run returns a verified `Trajectory`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+from refine.signatures.environment import EnvironmentStep
+from refine.signatures.feedback import InterpretFeedback
+from refine.signatures.player import PlayerAct
+from refine.signatures.refine_action import RefineAction
+from refine.signatures.script import draft_to_script, render_script
+
+from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn, Verdict
+from refine.envs.base import DEFAULT_MAX_STEPS, TextEnv
+from refine.errors import ConfigError
+from refine.graph import GraphModule, ProgramGraph
+from refine.verify import match_action, verify_trajectory
+
+__all__ = ["InteractiveRefine", "build_graph", "script_from_env"]
+
+_FLAGS = ("parameter_error", "place_error", "logic_error")
+
+
+def script_from_env(env: TextEnv, seed: int | None = None, task: str | None = None) -> tuple[Script, str]:
+    """Reset `env` and describe it as a `Script` (each available action a literal pattern); returns (script, obs)."""
+    import regex
+
+    first = env.reset(task=task, seed=seed)
+    actions = [
+        ActionSpec(name=a, description=a, pattern="^" + regex.escape(a) + "$")
+        for a in dict.fromkeys(first.available_actions)
+    ]
+    script = Script(
+        persona="",
+        environment=f"{getattr(env, 'name', 'environment')}: {first.observation}",
+        tasks=[first.instruction],
+        completion_conditions=["the environment reports success"],
+        actions=actions,
+    )
+    return script, first.observation
+
+
+def _history(turns: list[Turn]) -> str:
+    lines = []
+    for t in turns:
+        if t.role == "player":
+            lines.append(f"Action: {t.action}")
+        else:
+            lines.append(f"Observation: {t.observation}")
+    return "\n".join(lines)
+
+
+def build_graph(
+    env: TextEnv | Callable[[], TextEnv] | None = None,
+    *,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    min_refinements: int = 2,
+    agent_lm: dspy.LM | None = None,
+    teacher_lm: dspy.LM | None = None,
+) -> ProgramGraph:
+    """Build the interactive refinement graph.
+
+    Args:
+        env: None for the LLM Dungeon Master over the `script` input; a `TextEnv` instance (runs must then not be
+            concurrent), or a zero-argument factory returning a fresh `TextEnv` per run (safe with threads).
+        max_steps: bound on player actions per run (AgentBoard uses 30).
+        min_refinements: error -> fix episodes a trajectory needs to be accepted.
+        agent_lm: LM of the acting node (e.g. the student); the others use `teacher_lm` or the configured LM.
+        teacher_lm: LM of the Dungeon Master, feedback and refine nodes.
+
+    Example:
+        >>> build_graph().node_names
+        ['start', 'act', 'environment', 'record', 'interpret', 'refine', 'finish']
+    """
+    if max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {max_steps}.")
+    if env is not None and not (isinstance(env, TextEnv) or callable(env)):
+        raise ConfigError(
+            f"env must implement refine.envs.base.TextEnv (reset/step) or be a factory returning one; "
+            f"got {type(env).__name__}."
+        )
+    act = dspy.Predict(PlayerAct)
+    interpret = dspy.Predict(InterpretFeedback)
+    refine = dspy.Predict(RefineAction)
+    if agent_lm is not None:
+        act.set_lm(agent_lm)
+    dm: dspy.Module | None = None if env is not None else dspy.Predict(EnvironmentStep)
+    for m in (interpret, refine, dm):
+        if m is not None and teacher_lm is not None:
+            m.set_lm(teacher_lm)
+
+    def _model(module: Any) -> str:
+        lm = getattr(module, "lm", None) or dspy.settings.lm
+        return str(getattr(lm, "model", "") or "")
+
+    def start(script: Any, seed: Any) -> dict[str, Any]:
+        handle = None
+        if env is None:
+            if script is None:
+                raise ConfigError("InteractiveRefine with the LLM Dungeon Master needs a `script` input.")
+            verified = draft_to_script(script) if not isinstance(script, Script) else script
+            observation = verified.environment
+        else:
+            handle = env if isinstance(env, TextEnv) else env()
+            verified, observation = script_from_env(handle, seed=seed if isinstance(seed, int) else None)
+        return {
+            "env_handle": handle,
+            "verified_script": verified,
+            "script_text": render_script(verified),
+            "environment": verified.environment,
+            "goal": verified.goal,
+            "actions": verified.describe_actions(),
+            "history": f"Observation: {observation}",
+            "turns": [],
+            "steps": 0,
+        }
+
+    def env_step(env_handle: Any, verified_script: Script, action: str) -> dict[str, Any]:
+        res = env_handle.step(action)
+        _, _, problems = match_action(verified_script, action)
+        return {
+            "analysis": "",
+            "observation": res.observation,
+            "parameter_error": bool(res.invalid and problems),
+            "place_error": False,
+            "logic_error": bool(res.invalid and not problems),
+            "task_completed": bool(res.success),
+            "env_done": bool(res.done),
+        }
+
+    def record(
+        turns: list[Turn],
+        steps: int,
+        history: str,
+        thought: Any,
+        action: Any,
+        analysis: Any,
+        observation: Any,
+        parameter_error: Any,
+        place_error: Any,
+        logic_error: Any,
+        task_completed: Any,
+        env_done: Any,
+        error: str | None,
+    ) -> dict[str, Any]:
+        failure = None
+        if not action:
+            failure = error or "the agent produced no action"
+        elif observation is None:
+            failure = error or "the environment produced no observation"
+        if failure is None:
+            turns.append(Turn(role="player", thought=str(thought or ""), action=str(action)))
+            turns.append(
+                Turn(
+                    role="dm",
+                    thought=str(analysis or ""),
+                    observation=str(observation),
+                    parameter_error=bool(parameter_error),
+                    place_error=bool(place_error),
+                    logic_error=bool(logic_error),
+                    task_completed=bool(task_completed),
+                )
+            )
+            steps += 1
+        flagged = failure is None and any(bool(v) for v in (parameter_error, place_error, logic_error))
+        done = failure is not None or bool(task_completed) or bool(env_done) or steps >= max_steps
+        return {
+            "turns": turns,
+            "steps": steps,
+            "history": f"{history}\nAction: {action}\nObservation: {observation}" if failure is None else history,
+            "failure": failure,
+            "continue_acting": not done and not flagged,
+            "needs_refinement": not done and flagged,
+            "finished": done,
+        }
+
+    def finish(verified_script: Script, turns: list[Turn], failure: Any, seed: Any, steps: int) -> dict[str, Any]:
+        models = {"agent": _model(act), "teacher": _model(refine)}
+        if dm is not None:
+            models["dm"] = _model(dm)
+        traj = Trajectory(
+            script=verified_script,
+            turns=list(turns),
+            provenance=Provenance(
+                persona=verified_script.persona, seed=seed if isinstance(seed, int) else None, models=models
+            ),
+        ).mark_losses()
+        verdict = verify_trajectory(traj, min_refinements=min_refinements)
+        if failure:
+            verdict = Verdict(
+                ok=False, reasons=[f"parse: {failure}", *verdict.reasons], stage="parse", checks=verdict.checks + 1
+            )
+        success = bool(turns) and turns[-1].task_completed
+        return {
+            "trajectory": traj.model_copy(update={"verdict": verdict}),
+            "verdict": verdict,
+            "success": success,
+            "attempts": [
+                {
+                    "stage": "interactive",
+                    "attempt": 0,
+                    "ok": verdict.ok,
+                    "reasons": verdict.reasons,
+                    "error": failure,
+                    "steps": steps,
+                }
+            ],
+        }
+
+    defaults: dict[str, Any] = {
+        "seed": 0,
+        "script": None,
+        "thought": "",
+        "action": "",
+        "analysis": "",
+        "observation": None,
+        "env_done": False,
+        "diagnosis": "",
+        "error": None,
+    }
+    defaults.update(dict.fromkeys(_FLAGS, False))
+    defaults["task_completed"] = False
+    g = ProgramGraph(
+        "interactive",
+        inputs=[],
+        outputs=["trajectory", "verdict", "success", "attempts"],
+        defaults=defaults,
+        entry="start",
+    )
+    g.add_node(
+        "start",
+        start,
+        outputs=[
+            "env_handle",
+            "verified_script",
+            "script_text",
+            "environment",
+            "goal",
+            "actions",
+            "history",
+            "turns",
+            "steps",
+        ],
+    )
+    g.add_node("act", act, catch_errors=True)
+    env_outputs = ["analysis", "observation", *_FLAGS, "task_completed"]
+    if dm is not None:
+        g.add_node(
+            "environment", dm, inputs=["script_text", "history", "action"], outputs=env_outputs, catch_errors=True
+        )
+    else:
+        g.add_node("environment", env_step, outputs=[*env_outputs, "env_done"], catch_errors=True)
+    g.add_node(
+        "record",
+        record,
+        outputs=["turns", "steps", "history", "failure", "continue_acting", "needs_refinement", "finished"],
+    )
+    g.add_node("interpret", interpret, catch_errors=True)
+    g.add_node("refine", refine, catch_errors=True)
+    g.add_node("finish", finish, outputs=["trajectory", "verdict", "success", "attempts"])
+    g.add_edge("start", "act")
+    g.add_edge("act", "environment", condition="action")
+    g.add_edge("act", "record", condition="not action")
+    g.add_edge("environment", "record")
+    g.add_edge("record", "act", condition="continue_acting", max_iters=max_steps)
+    g.add_edge("record", "interpret", condition="needs_refinement", max_iters=max_steps)
+    g.add_edge("record", "finish", condition="finished")
+    g.add_edge("interpret", "refine")
+    g.add_edge("refine", "environment", condition="action")
+    g.add_edge("refine", "record", condition="not action")
+    return g
+
+
+class InteractiveRefine(GraphModule):
+    """The interactive refinement program, compiled: `program(script=...)` (LLM DM) or `program(seed=...)` (env).
+
+    Example:
+        >>> from refine.envs.base import ToyEnv
+        >>> prog = InteractiveRefine(env=ToyEnv, max_steps=6)
+        >>> sorted(name for name, _ in prog.named_predictors())
+        ["nodes['act']", "nodes['interpret']", "nodes['refine']"]
+    """
+
+    def __init__(self, env: TextEnv | Callable[[], TextEnv] | None = None, **options: Any) -> None:
+        graph = build_graph(env, **options)
+        graph.validate()
+        super().__init__(graph)
