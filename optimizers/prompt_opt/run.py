@@ -1,0 +1,341 @@
+"""Run one prompt optimization of a refinement program with DSPy's own optimizers (BootstrapFewShot, MIPROv2,
+GEPA) under a hard LM budget: estimate, score the devset, compile, score again, save program + report.
+
+Example:
+    >>> from refine.optimizers import optimize            # doctest: +SKIP
+    >>> result = optimize("self_refine", method="gepa", preset="light", trainset="train.jsonl",
+    ...                   devset="dev.jsonl", lm="embedded", max_calls=2000, out="runs/opt")
+    >>> result.score_before, result.score_after, result.spend.calls
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dspy
+from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
+from refine.optimizers.prompt_opt.artifacts import PredictorChange, changes_to_dicts, diff_programs, save_optimized
+from refine.optimizers.prompt_opt.budget import Budget, BudgetExhaustedError, Spend
+from refine.optimizers.prompt_opt.config import BOOTSTRAP_PRESETS, OptimizeConfig, load_examples, to_examples
+from refine.optimizers.prompt_opt.estimate import CostEstimate, estimate_cost
+
+from refine.errors import ConfigError
+
+__all__ = ["OptimizeResult", "evaluate_program", "optimize", "resolve_lm"]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["completed", "budget_exhausted", "dry_run"]
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class OptimizeResult:
+    """The outcome of `optimize`: the (optimized) program, devset scores, spend, changes and output paths."""
+
+    program: dspy.Module
+    config: OptimizeConfig
+    estimate: CostEstimate
+    status: Status
+    score_before: float | None = None
+    score_after: float | None = None
+    spend: Spend = field(default_factory=Spend)
+    changes: list[PredictorChange] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def improved(self) -> bool:
+        return self.score_before is not None and self.score_after is not None and self.score_after > self.score_before
+
+
+def resolve_lm(spec: str | dspy.BaseLM | None, **lm_kwargs: Any) -> dspy.BaseLM | None:
+    """An LM from an object, `py:package.module:attr` (an LM or a zero-argument factory) or a model string
+    (`refine.lm.get_lm`: 'embedded', 'local/<dir>', LiteLLM strings)."""
+    if spec is None or isinstance(spec, dspy.BaseLM):
+        return spec
+    if spec.startswith("py:"):
+        target = spec[3:]
+        if ":" not in target:
+            raise ConfigError(f"LM spec {spec!r} must look like 'py:package.module:attr'.")
+        mod, attr = target.split(":", 1)
+        try:
+            obj = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"Cannot import LM {spec!r}: {exc}") from exc
+        obj = obj if isinstance(obj, dspy.BaseLM) else obj()
+        if not isinstance(obj, dspy.BaseLM):
+            raise ConfigError(f"LM spec {spec!r} gave a {type(obj).__name__}, not a dspy LM.")
+        return obj
+    from refine.lm import get_lm
+
+    return get_lm(spec, **lm_kwargs)
+
+
+def _prepare_program(program: Any, cfg: OptimizeConfig) -> tuple[dspy.Module, tuple[str, ...], tuple[str, ...] | None]:
+    """(fresh module to optimize, its input fields, its declared outputs)."""
+    from refine.graph import GraphModule, ProgramGraph
+    from refine.programs_registry import load_graph
+
+    if program is None:
+        program = cfg.program
+    if program is None:
+        raise ConfigError("No program to optimize: pass a built-in name, 'package.module:attr' or a ProgramGraph.")
+    if isinstance(program, str | Path) and Path(str(program)).is_dir():
+        from refine.optimizers.prompt_opt.artifacts import load_optimized
+
+        module = load_optimized(program)
+    elif isinstance(program, str):
+        module = load_graph(program, **cfg.program_options).compile()
+    elif isinstance(program, ProgramGraph):
+        module = program.compile()
+    elif isinstance(program, dspy.Module):
+        module = program.deepcopy()
+    else:
+        raise ConfigError(f"Cannot optimize a {type(program).__name__}; pass a ProgramGraph or a dspy.Module.")
+    if not module.predictors():
+        raise ConfigError(
+            f"Program {cfg.program or type(module).__name__} has no DSPy predictors, so there is nothing to optimize."
+        )
+    if isinstance(module, GraphModule):
+        return module, module.graph.inputs, module.graph.outputs
+    preds = module.predictors()
+    return module, tuple(preds[0].signature.input_fields), None
+
+
+def _examples(data: Any, path: Path | None, inputs: Sequence[str], what: str) -> list[dspy.Example] | None:
+    if data is None and path is not None:
+        data = path
+    if data is None:
+        return None
+    if isinstance(data, str | Path):
+        return load_examples(data, inputs)
+    return to_examples(data, inputs, source=what)
+
+
+def _score(metric: Metric) -> Callable[..., float]:
+    def score(gold: Any, pred: Any, trace: Any = None) -> float:
+        return float(metric(gold, pred, trace).score)
+
+    score.__name__ = getattr(metric, "__name__", "metric")
+    return score
+
+
+def evaluate_program(
+    program: dspy.Module, devset: list[dspy.Example], metric: Metric, num_threads: int = 1
+) -> tuple[float, int]:
+    """Mean metric score in [0, 1] over `devset` (a failed run scores 0) and the number of failed runs."""
+    if not devset:
+        return 0.0, 0
+    ev = dspy.Evaluate(
+        devset=devset,
+        metric=_score(metric),
+        num_threads=num_threads,
+        display_progress=False,
+        display_table=False,
+        max_errors=len(devset) + 1,
+        provide_traceback=False,
+        failure_score=0.0,
+    )
+    res = ev(program)
+    failed = sum(1 for _, p, _ in res.results if p is None or (isinstance(p, dspy.Prediction) and not p.keys()))
+    return float(res.score) / 100.0, failed
+
+
+def _build_optimizer(
+    cfg: OptimizeConfig, metric: Metric, task_lm: dspy.BaseLM, reflection_lm: dspy.BaseLM, budget: Budget
+) -> tuple[Any, dict[str, Any]]:
+    """(optimizer, extra compile kwargs)."""
+    if cfg.method == "bootstrap":
+        p = BOOTSTRAP_PRESETS[cfg.preset]
+        # Only fully successful runs become demos.
+        return dspy.BootstrapFewShot(metric=_score(metric), metric_threshold=1.0, **p), {}
+    if cfg.method == "mipro":
+        opt = dspy.MIPROv2(
+            metric=_score(metric),
+            prompt_model=reflection_lm,
+            task_model=task_lm,
+            auto=cfg.preset,
+            num_threads=cfg.num_threads,
+            seed=cfg.seed,
+            verbose=False,
+        )
+        return opt, {}
+    log_dir = cfg.log_dir or (cfg.out / "gepa" if cfg.out is not None else None)
+
+    def stop_when_spent(_state: Any) -> bool:
+        # Stop between iterations once a call was refused: GEPA then returns its best candidate so far.
+        return budget.exhausted
+
+    opt = dspy.GEPA(
+        metric=metric,
+        auto=cfg.preset,
+        reflection_lm=reflection_lm,
+        num_threads=cfg.num_threads,
+        seed=cfg.seed,
+        log_dir=str(log_dir) if log_dir is not None else None,
+        track_stats=False,
+        gepa_kwargs={"stop_callbacks": [stop_when_spent]},
+    )
+    return opt, {}
+
+
+def _enable_mlflow(cfg: OptimizeConfig) -> bool:
+    if cfg.mlflow is False:
+        return False
+    try:
+        import mlflow
+    except ImportError:
+        if cfg.mlflow:
+            raise ConfigError("--mlflow needs MLflow: pip install 'dspy-refine[mlflow]'.") from None
+        return False
+    mlflow.dspy.autolog(log_compiles=True, log_evals=True, log_traces_from_compile=False)
+    logger.info("MLflow logging enabled through mlflow.dspy.autolog()")
+    return True
+
+
+def optimize(
+    program: Any = None,
+    *,
+    trainset: Any = None,
+    devset: Any = None,
+    lm: str | dspy.BaseLM | None = None,
+    reflection_lm: str | dspy.BaseLM | None = None,
+    metric: str | Metric | None = None,
+    config: OptimizeConfig | None = None,
+    on_event: EventHook | None = None,
+    **overrides: Any,
+) -> OptimizeResult:
+    """Optimize every predictor of a refinement program with a DSPy optimizer, within a hard LM budget.
+
+    Args:
+        program: a built-in name / 'package.module:attr' spec, a `ProgramGraph`, or a `dspy.Module` (not modified).
+        trainset, devset: JSONL paths, dicts or `dspy.Example`s; the program's graph inputs become example inputs.
+            Without a devset, before/after scores are measured on the trainset.
+        lm, reflection_lm: LM objects or model strings (`resolve_lm`); default: `dspy.settings.lm`.
+        metric: callable (2, 3 or 5 args), built-in name or 'module:function'; default from the program's outputs.
+        config: an `OptimizeConfig`; keyword `overrides` (method=, preset=, max_calls=, out=, ...) update it.
+        on_event: `fn(kind, data)` for progress: ("estimate", {...}), ("phase", {"name": ...}), ("spend", {...}).
+
+    Returns:
+        An `OptimizeResult`. When the budget runs out the run stops cleanly with `status="budget_exhausted"` and the
+        best program available at that point (the baseline if the optimizer had not finished).
+
+    Raises:
+        ConfigError: bad program, datasets, metric or LM.
+    """
+    t0 = time.perf_counter()
+    cfg = (config or OptimizeConfig()).model_copy(update=overrides) if overrides else (config or OptimizeConfig())
+    cfg = OptimizeConfig.model_validate(cfg.model_dump())
+    if isinstance(program, str) and not Path(program).is_dir():
+        cfg = cfg.model_copy(update={"program": program})
+    emit = on_event or (lambda kind, data: None)
+
+    module, inputs, outputs = _prepare_program(program, cfg)
+    train = _examples(trainset, cfg.trainset, inputs, "trainset")
+    if not train:
+        raise ConfigError("The trainset is empty: pass --trainset FILE (JSONL, one example per line).")
+    if cfg.method == "mipro" and len(train) < 2:
+        raise ConfigError("MIPROv2 needs at least 2 training examples (it splits off a validation set).")
+    dev = _examples(devset, cfg.devset, inputs, "devset")
+    scored_on = "devset" if dev else "trainset"
+    dev = dev or train
+
+    metric_fn = resolve_metric(metric if metric is not None else cfg.metric) if (metric or cfg.metric) else None
+    metric_fn = metric_fn or default_metric_for(outputs)
+
+    task_lm = resolve_lm(lm if lm is not None else cfg.lm) or dspy.settings.lm
+    if task_lm is None:
+        raise ConfigError("No LM: pass --lm MODEL (e.g. 'embedded') or configure one with dspy.configure(lm=...).")
+    refl_lm = resolve_lm(reflection_lm if reflection_lm is not None else cfg.reflection_lm) or task_lm
+
+    max_out = (getattr(task_lm, "kwargs", {}) or {}).get("max_tokens")
+    estimate = estimate_cost(module, cfg.method, cfg.preset, len(train), len(dev), train[0].toDict(), max_out)
+    emit("estimate", {"estimate": estimate, "budget": (cfg.max_calls, cfg.max_tokens)})
+    if cfg.dry_run:
+        return OptimizeResult(module, cfg, estimate, "dry_run", seconds=time.perf_counter() - t0)
+
+    budget = Budget(max_calls=cfg.max_calls, max_tokens=cfg.max_tokens)
+    budget.add_listener(lambda s: emit("spend", {"spend": s}))
+    task = budget.wrap(task_lm, "task")
+    refl = budget.wrap(refl_lm, "reflection" if cfg.method == "gepa" else "proposer")
+    _enable_mlflow(cfg)
+
+    baseline = module.deepcopy()
+    status: Status = "completed"
+    message = ""
+    before = after = None
+    optimized = module
+    with dspy.context(lm=task):
+        emit("phase", {"name": "baseline"})
+        try:
+            before, _ = evaluate_program(module, dev, metric_fn, cfg.num_threads)
+            if budget.exhausted:
+                raise BudgetExhaustedError(budget._message())
+            emit("phase", {"name": f"optimize ({cfg.method}, {cfg.preset})"})
+            optimizer, kwargs = _build_optimizer(cfg, metric_fn, task, refl, budget)
+            try:
+                optimized = optimizer.compile(module, trainset=train, **kwargs)
+            except Exception as exc:
+                if not budget.exhausted:
+                    raise
+                raise BudgetExhaustedError(budget._message()) from exc
+            if budget.exhausted:
+                message = "The budget ran out during optimization; GEPA returned its best candidate so far."
+                status = "budget_exhausted"
+            emit("phase", {"name": "final"})
+            after, _ = evaluate_program(optimized, dev, metric_fn, cfg.num_threads)
+            if budget.exhausted:
+                after = None
+                status = "budget_exhausted"
+                message = message or "The budget ran out during the final evaluation; the after-score is missing."
+        except BudgetExhaustedError as exc:
+            status = "budget_exhausted"
+            message = message or f"{exc} The run stopped; the best program so far was kept."
+            if after is None and optimized is module and cfg.method != "gepa":
+                optimized = baseline
+    if status == "budget_exhausted" and optimized is module and before is not None and after is None:
+        optimized = baseline
+    spend = budget.spent
+    changes = diff_programs(baseline, optimized)
+    result = OptimizeResult(
+        program=optimized,
+        config=cfg,
+        estimate=estimate,
+        status=status,
+        score_before=before,
+        score_after=after,
+        spend=spend,
+        changes=changes,
+        seconds=time.perf_counter() - t0,
+        message=message,
+    )
+    if cfg.out is not None:
+        report = {
+            "config": copy.deepcopy(cfg.model_dump(mode="json")),
+            "program_name": getattr(getattr(optimized, "graph", None), "name", type(optimized).__name__),
+            "status": status,
+            "message": message,
+            "score_before": before,
+            "score_after": after,
+            "scored_on": scored_on,
+            "n_train": len(train),
+            "n_dev": len(dev),
+            "metric": getattr(metric_fn, "__name__", str(metric_fn)),
+            "budget": budget.describe(),
+            "spend": spend.to_dict(),
+            "estimate": estimate.to_dict(),
+            "changes": changes_to_dicts(changes),
+            "seconds": result.seconds,
+        }
+        result.paths = save_optimized(optimized, Path(cfg.out), report)
+    emit("done", {"result": result})
+    return result

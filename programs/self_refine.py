@@ -1,0 +1,125 @@
+"""Self-Refine as a `ProgramGraph`: draft an output, criticise it, refine it, until a pluggable stop rule holds.
+
+Built only from the project's parts (graph, signatures); every LM step is a predictor node, so `refine optimize
+self_refine` tunes the drafting, feedback and refinement prompts together.
+
+Example:
+    >>> graph = build_graph(max_rounds=2)
+    >>> graph.node_names
+    ['draft', 'critique', 'check', 'refine']
+    >>> graph.compile().named_predictors()[0][0]
+    "nodes['draft']"
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dspy
+from refine.signatures.self_refine import DraftOutput, RefineOutput, SelfFeedback
+
+from refine.errors import ConfigError
+from refine.graph import ProgramGraph
+
+__all__ = ["StopRule", "build_graph", "stop_when_satisfied"]
+
+# A stop rule sees {"task", "output", "feedback", "is_satisfactory", "rounds"} and returns True to stop refining.
+StopRule = Callable[[Mapping[str, Any]], bool]
+# A critic replaces the LM self-feedback: (task, output) -> (feedback, is_satisfactory).
+Critic = Callable[[str, str], tuple[str, bool]]
+
+
+def stop_when_satisfied(state: Mapping[str, Any]) -> bool:
+    """The default rule: stop as soon as the feedback marks the output satisfactory."""
+    return bool(state.get("is_satisfactory"))
+
+
+def _load(spec: Any, what: str) -> Any:
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, str) and ":" in spec:
+        mod, attr = spec.split(":", 1)
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"Cannot import {what} {spec!r}: {exc}") from exc
+    raise ConfigError(f"{what} must be a callable or 'package.module:function', got {spec!r}.")
+
+
+def build_graph(
+    *,
+    max_rounds: int = 3,
+    stop_rule: StopRule | str | None = None,
+    critic: Critic | str | None = None,
+    chain_of_thought: bool = False,
+    name: str = "self_refine",
+) -> ProgramGraph:
+    """Build the Self-Refine graph.
+
+    Args:
+        max_rounds: most refinement rounds after the first draft (the loop's bound).
+        stop_rule: `fn(state) -> bool` or 'module:function'; default `stop_when_satisfied`. The loop also stops
+            after `max_rounds`.
+        critic: optional `fn(task, output) -> (feedback, ok)` (or 'module:function') used instead of the LM
+            self-feedback, e.g. a rule-based verifier.
+        chain_of_thought: use `dspy.ChainOfThought` for the LM steps.
+        name: graph name.
+
+    Raises:
+        ConfigError: `max_rounds` < 1 or an option cannot be imported.
+    """
+    if max_rounds < 1:
+        raise ConfigError(f"self_refine: max_rounds must be >= 1, got {max_rounds}.")
+    rule: StopRule = _load(stop_rule, "stop_rule") or stop_when_satisfied
+    critic_fn: Critic | None = _load(critic, "critic")
+    make = dspy.ChainOfThought if chain_of_thought else dspy.Predict
+
+    graph = ProgramGraph(
+        name,
+        inputs=["task"],
+        outputs=["output", "feedback", "is_satisfactory", "rounds"],
+        defaults={"rounds": 0},
+    )
+    graph.add_node("draft", make(DraftOutput), description="First attempt at the task.")
+    if critic_fn is None:
+        graph.add_node("critique", make(SelfFeedback), description="The model criticises its own output.")
+    else:
+
+        def critique(task: str, output: str) -> dict[str, Any]:
+            feedback, ok = critic_fn(task, output)
+            return {"feedback": str(feedback), "is_satisfactory": bool(ok)}
+
+        graph.add_node(
+            "critique",
+            critique,
+            inputs=["task", "output"],
+            outputs=["feedback", "is_satisfactory"],
+            description="External critic.",
+        )
+
+    def check(task: str, output: str, feedback: str, is_satisfactory: bool, rounds: int) -> dict[str, Any]:
+        state = {
+            "task": task,
+            "output": output,
+            "feedback": feedback,
+            "is_satisfactory": is_satisfactory,
+            "rounds": rounds,
+        }
+        stop = bool(rule(state)) or rounds >= max_rounds or output is None
+        return {"stop": stop, "rounds": rounds if stop else rounds + 1}
+
+    graph.add_node(
+        "check",
+        check,
+        inputs=["task", "output", "feedback", "is_satisfactory", "rounds"],
+        outputs=["stop", "rounds"],
+        description="Stop rule.",
+    )
+    graph.add_node("refine", make(RefineOutput), description="Rewrite the output from the feedback.")
+    graph.add_edge("draft", "critique")
+    graph.add_edge("critique", "check")
+    graph.add_edge("check", "refine", condition="not stop")
+    graph.add_edge("refine", "critique", mapping={"output": "refined_output"}, max_iters=max_rounds)
+    return graph
