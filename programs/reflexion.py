@@ -1,0 +1,166 @@
+"""Reflexion as a `ProgramGraph`: play an episode in a text environment; after a failed trial, reflect on it and
+start a new trial with the reflection kept in memory.
+
+Built only from the project's parts (graph, env protocol, signatures). The actor and the reflector are predictor
+nodes, so `refine optimize reflexion` tunes both; the default metric is the episode's success/progress.
+
+Example:
+    >>> graph = build_graph(max_trials=2, max_steps=5)
+    >>> graph.node_names
+    ['reset', 'act', 'step', 'reflect', 'remember']
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+from refine.signatures.reflect import ReflectOnTrial, ReflexionAct
+
+from refine.envs.base import TextEnv, ToyEnv
+from refine.errors import ConfigError
+from refine.graph import ProgramGraph
+
+__all__ = ["ENVS", "build_graph", "resolve_env_factory"]
+
+EnvFactory = Callable[[], TextEnv]
+
+ENVS: dict[str, str] = {"toy": "refine.envs.base:ToyEnv"}
+
+
+def resolve_env_factory(env: str | EnvFactory, max_steps: int) -> EnvFactory:
+    """A zero-argument factory of fresh environments from a name in `ENVS`, 'module:attr' or a callable."""
+    if callable(env):
+        return env
+    target = ENVS.get(env, env)
+    if ":" not in target:
+        raise ConfigError(f"Unknown environment {env!r}; use one of {sorted(ENVS)} or 'package.module:factory'.")
+    mod, attr = target.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"Cannot import environment {env!r}: {exc}") from exc
+    if factory is ToyEnv:
+        return lambda: ToyEnv(max_steps=max_steps)
+    return factory
+
+
+def _entry(action: str | None, observation: str) -> str:
+    return f"> {action if action is not None else '(no valid action)'}\n{observation}\n"
+
+
+def build_graph(
+    *,
+    env: str | EnvFactory = "toy",
+    max_trials: int = 3,
+    max_steps: int = 10,
+    chain_of_thought: bool = False,
+    name: str = "reflexion",
+) -> ProgramGraph:
+    """Build the Reflexion graph.
+
+    Args:
+        env: environment name ('toy'), 'package.module:factory', or a zero-argument callable returning a `TextEnv`.
+            A fresh environment is made for every trial, so concurrent runs never share one.
+        max_trials: most trials per run (reflections happen between trials).
+        max_steps: most actions per trial.
+        chain_of_thought: use `dspy.ChainOfThought` for the actor and the reflector.
+        name: graph name.
+
+    Raises:
+        ConfigError: a bound < 1 or an environment that cannot be imported.
+    """
+    if max_trials < 1 or max_steps < 1:
+        raise ConfigError(f"reflexion: max_trials and max_steps must be >= 1, got {max_trials} and {max_steps}.")
+    make_env = resolve_env_factory(env, max_steps)
+    make = dspy.ChainOfThought if chain_of_thought else dspy.Predict
+
+    def reset(task: str, seed: int | None, trial: int) -> dict[str, Any]:
+        handle = make_env()
+        first = handle.reset(task=task or None, seed=seed)
+        return {
+            "env_handle": handle,
+            "instruction": first.instruction,
+            "available_actions": list(first.available_actions),
+            "observation": first.observation,
+            "history": "",
+            "done": False,
+            "success": False,
+            "progress": 0.0,
+            "steps": 0,
+        }
+
+    def step(env_handle: TextEnv, action: str | None, history: str, steps: int, progress: float) -> dict[str, Any]:
+        # A malformed actor output (action None, recorded in state["error"]) costs a step instead of crashing the run.
+        if action is None or not str(action).strip():
+            obs, done, success = "No valid action was given. Answer with one available action.", False, False
+        else:
+            res = env_handle.step(str(action).strip())
+            obs, done, success, progress = res.observation, res.done, res.success, float(res.progress)
+        steps += 1
+        return {
+            "observation": obs,
+            "history": history + _entry(action, obs),
+            "done": bool(done) or steps >= max_steps,
+            "success": bool(success),
+            "progress": progress,
+            "steps": steps,
+        }
+
+    graph = ProgramGraph(
+        name,
+        inputs=["task"],
+        outputs=["success", "progress", "trial", "steps", "observation", "history", "reflections"],
+        defaults={"seed": None, "trial": 0, "reflections": []},
+    )
+    graph.add_node(
+        "reset",
+        reset,
+        inputs=["task", "seed", "trial"],
+        outputs=[
+            "env_handle",
+            "instruction",
+            "available_actions",
+            "observation",
+            "history",
+            "done",
+            "success",
+            "progress",
+            "steps",
+        ],
+        description="Start a trial in a fresh environment.",
+    )
+    graph.add_node("act", make(ReflexionAct), catch_errors=True, description="Choose the next action.")
+    graph.add_node(
+        "step",
+        step,
+        inputs=["env_handle", "action", "history", "steps", "progress"],
+        outputs=["observation", "history", "done", "success", "progress", "steps"],
+        description="Apply the action in the environment.",
+    )
+    graph.add_edge("reset", "act")
+    graph.add_edge("act", "step")
+    graph.add_edge("step", "act", condition="not done", max_iters=max_steps * max_trials)
+    if max_trials > 1:
+
+        def failed_with_trials_left(state: dict[str, Any]) -> bool:
+            return bool(state.get("done")) and not state.get("success") and state.get("trial", 0) + 1 < max_trials
+
+        def remember(reflection: str | None, reflections: list[str], trial: int) -> dict[str, Any]:
+            memory = [*reflections, reflection] if reflection else list(reflections)
+            return {"reflections": memory, "trial": trial + 1}
+
+        graph.add_node("reflect", make(ReflectOnTrial), catch_errors=True, description="Learn from the failure.")
+        graph.add_node(
+            "remember",
+            remember,
+            inputs=["reflection", "reflections", "trial"],
+            outputs=["reflections", "trial"],
+            description="Keep the reflection across trials.",
+        )
+        graph.add_edge("step", "reflect", condition=failed_with_trials_left)
+        graph.add_edge("reflect", "remember")
+        graph.add_edge("remember", "reset", max_iters=max_trials - 1)
+    return graph
