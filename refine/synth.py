@@ -1,0 +1,372 @@
+"""Synthesis runs: a refinement program over many personas, in parallel, into a resumable run directory.
+
+Each item is (index, persona, seed) with a stable key, so a killed run resumed with the same settings neither loses
+nor duplicates a record. The program (by default `AgentRefinePipeline`) returns a verified `Trajectory`; accepted
+ones go to `accepted.jsonl`, the others (with every reason, parse failures included) to `rejected.jsonl`. The
+manifest totals LM calls, tokens, and tokens per accepted trajectory per model.
+
+Example:
+    >>> from refine.synth import plan_items
+    >>> [(it["persona"], it["seed"]) for it in plan_items(["a baker", "a sailor"], n=3, seed=0)]
+    [('a baker', 0), ('a sailor', 1), ('a baker', 2)]
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dspy.utils.callback import BaseCallback
+from pydantic import BaseModel, ConfigDict, Field
+
+from refine.data import Trajectory, Verdict, content_id
+from refine.errors import ConfigError, LMError
+
+__all__ = ["SynthConfig", "SynthWork", "plan_items", "resolve_lm", "run_synth", "synth_totals"]
+
+logger = logging.getLogger(__name__)
+
+PY_PREFIX = "py:"
+_PROGRAM_OPTIONS = {"agentrefine": ("max_attempts", "min_refinements")}
+
+
+class SynthConfig(BaseModel):
+    """Settings of a synthesis run; one class for the Python API and `refine synth`. Stored in the manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    personas: str = Field("builtin", description="'builtin' or a JSONL/CSV/text file of personas.")
+    n: int = Field(4, ge=1, description="Number of items (persona, seed) to synthesize.")
+    lm: str = Field("embedded", description="Teacher LM: 'embedded', 'local/<dir>', a LiteLLM string, or py:mod:fn.")
+    program: str = Field("agentrefine", description="Built-in program name, 'module:attr', or a saved program dir.")
+    seed: int = Field(0, description="Base seed: persona order and per-item seeds derive from it.")
+    max_attempts: int = Field(4, ge=1, description="Attempts per stage (script, trajectory) before rejection.")
+    min_refinements: int = Field(2, ge=0, description="Error -> fix episodes an accepted trajectory needs.")
+    workers: int = Field(8, ge=1, description="Parallel items (threads; an embedded LM batches their calls).")
+
+
+def plan_items(personas: Sequence[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The run's work list: `n` items cycling through a seeded shuffle of `personas`, each with a stable key."""
+    if not personas:
+        raise ConfigError("No personas to synthesize from; pass --personas builtin or a non-empty file.")
+    order = list(personas)
+    random.Random(seed).shuffle(order)
+    items = []
+    for i in range(n):
+        persona = order[i % len(order)]
+        item_seed = seed + i
+        key = content_id({"persona": persona, "seed": item_seed, "index": i})
+        items.append({"key": key, "index": i, "persona": persona, "seed": item_seed})
+    return items
+
+
+def resolve_lm(spec: str, **kwargs: Any) -> Any:
+    """Build the LM named by `spec`: `py:package.module:factory` (a zero-argument factory, e.g. a fake LM for tests),
+    else `refine.lm.get_lm(spec, **kwargs)` ('embedded', 'local/<dir>', any LiteLLM model string)."""
+    if spec.startswith(PY_PREFIX):
+        target = spec[len(PY_PREFIX) :]
+        mod, sep, attr = target.partition(":")
+        if not sep:
+            raise ConfigError(f"LM spec {spec!r} must look like 'py:package.module:factory'.")
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"Cannot import the LM factory {target!r}: {exc}") from None
+        return factory(**kwargs)
+    try:
+        from refine.lm import get_lm
+    except ImportError as exc:  # pragma: no cover - refine.lm ships with the package
+        raise LMError(f"refine.lm is unavailable ({exc}); cannot build LM {spec!r}.") from None
+    return get_lm(spec, **kwargs)
+
+
+def _adapter_for(lm: Any) -> Any:
+    try:
+        from refine.lm import default_adapter
+    except ImportError:  # pragma: no cover
+        return None
+    return default_adapter(lm)
+
+
+class _CallCounter(BaseCallback):
+    """A DSPy callback counting LM calls (and failed calls) per model for one item."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = defaultdict(int)
+        self.failures: dict[str, int] = defaultdict(int)
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        with self._lock:
+            self._models[call_id] = str(getattr(instance, "model", "lm"))
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        with self._lock:
+            model = self._models.pop(call_id, "lm")
+            self.calls[model] += 1
+            if exception is not None:
+                self.failures[model] += 1
+
+
+def _usage_of(pred: Any, counter: _CallCounter) -> dict[str, dict[str, int]]:
+    usage: dict[str, dict[str, int]] = {}
+    raw = {}
+    try:
+        raw = pred.get_lm_usage() or {}
+    except Exception:  # usage tracking is best effort; a missing tracker must not fail the item
+        raw = {}
+    for model, u in raw.items():
+        usage[model] = {
+            "prompt_tokens": int((u or {}).get("prompt_tokens") or 0),
+            "completion_tokens": int((u or {}).get("completion_tokens") or 0),
+        }
+    for model, n in counter.calls.items():
+        usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})["calls"] = n
+        if counter.failures.get(model):
+            usage[model]["failed_calls"] = counter.failures[model]
+    return usage
+
+
+class SynthWork:
+    """The per-item work function of a synthesis run (picklable: the program is built lazily in each process).
+
+    Args:
+        program: a program spec (built-in name, 'module:attr', saved dir) or a compiled program object.
+        options: options for built-in program factories (max_attempts, min_refinements).
+        min_refinements: used to re-verify trajectories that a custom program returns without a verdict.
+    """
+
+    def __init__(self, program: Any = "agentrefine", options: dict[str, Any] | None = None, min_refinements: int = 2):
+        self.program_spec = program
+        self.options = dict(options or {})
+        self.min_refinements = min_refinements
+        self._program: Any = None if isinstance(program, str) else program
+        self._lock = threading.Lock()
+        self.tokens = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_program"] = None if isinstance(self.program_spec, str) else self._program
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def program(self) -> Any:
+        with self._lock:
+            if self._program is None:
+                self._program = load_program(self.program_spec, self.options)
+            return self._program
+
+    def __call__(self, item: dict[str, Any]) -> list[Any]:
+        import dspy
+
+        from refine.executor import Emit
+
+        program = self.program
+        counter = _CallCounter()
+        lm = dspy.settings.lm
+        overrides: dict[str, Any] = {"track_usage": True, "callbacks": [*dspy.settings.callbacks, counter]}
+        adapter = _adapter_for(lm) if lm is not None and dspy.settings.adapter is None else None
+        if adapter is not None:
+            overrides["adapter"] = adapter
+        t0 = time.perf_counter()
+        error = None
+        pred = None
+        with dspy.context(**overrides):
+            try:
+                pred = program(persona=item["persona"], seed=item["seed"])
+            except Exception as exc:  # a program crash is a rejected record with its reason, never a dead run
+                error = f"{type(exc).__name__}: {exc}"
+                logger.warning("item %s: program failed: %s", item["key"], error)
+        usage = _usage_of(pred, counter) if pred is not None else _usage_of(None, counter)
+        traj, attempts = self._trajectory(pred, item, error)
+        traj.provenance.usage = usage
+        traj.provenance.seed = item["seed"]
+        traj.provenance.persona = traj.provenance.persona or item["persona"]
+        for role, model in list(traj.provenance.models.items()):
+            if not model and lm is not None:
+                traj.provenance.models[role] = str(getattr(lm, "model", ""))
+        tokens = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())
+        with self._lock:
+            self.tokens += tokens
+        verdict = traj.verdict or Verdict(ok=False, reasons=["no verdict"], stage="parse", checks=1)
+        record = {
+            "id": traj.id,
+            "index": item["index"],
+            "persona": item["persona"],
+            "seed": item["seed"],
+            "accepted": verdict.ok,
+            "trajectory": traj.model_dump(mode="json"),
+            "verdict": verdict.model_dump(mode="json"),
+            "attempts": attempts,
+            "usage": usage,
+            "lm_calls": sum(counter.calls.values()),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "error": error,
+        }
+        return [Emit("accepted" if verdict.ok else "rejected", item["key"], record)]
+
+    def _trajectory(self, pred: Any, item: dict[str, Any], error: str | None) -> tuple[Trajectory, list[Any]]:
+        from refine.data import Provenance, Script
+        from refine.verify import verify_trajectory
+
+        attempts = list(getattr(pred, "attempts", None) or []) if pred is not None else []
+        traj = getattr(pred, "trajectory", None) if pred is not None else None
+        if isinstance(traj, dict):
+            traj = Trajectory.model_validate(traj)
+        if not isinstance(traj, Trajectory):
+            reason = error or "the program returned no trajectory"
+            traj = Trajectory(
+                script=Script(persona=item["persona"], environment="", tasks=[], actions=[]),
+                provenance=Provenance(persona=item["persona"], seed=item["seed"]),
+                verdict=Verdict(ok=False, reasons=[reason], stage="parse", checks=1),
+            )
+        elif traj.verdict is None:
+            traj = traj.model_copy(update={"verdict": verify_trajectory(traj, min_refinements=self.min_refinements)})
+        return traj.model_copy(deep=True), [_jsonable(a) for a in attempts]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def load_program(spec: Any, options: dict[str, Any] | None = None) -> Any:
+    """A compiled program from a spec; built-in names get `options` (max_attempts, min_refinements)."""
+    from refine.graph import GraphModule, ProgramGraph
+    from refine.programs_registry import load_program as _load
+
+    if not isinstance(spec, str):
+        return spec.compile() if isinstance(spec, ProgramGraph) else spec
+    allowed = _PROGRAM_OPTIONS.get(spec, ())
+    opts = {k: v for k, v in (options or {}).items() if k in allowed}
+    program = _load(spec, **opts)
+    if isinstance(program, ProgramGraph):
+        program = program.compile()
+    if isinstance(program, GraphModule):
+        missing = [i for i in program.graph.inputs if i not in ("persona", "seed") and i not in program.graph.defaults]
+        if missing:
+            raise ConfigError(
+                f"Program {spec!r} needs inputs {missing}; `refine synth` calls programs with persona= and seed= only. "
+                "Use a program that starts from a persona (e.g. agentrefine)."
+            )
+    return program
+
+
+def synth_totals(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Manifest totals over all records of a run: counts, LM calls and tokens per model, tokens per accepted."""
+    per_model: dict[str, dict[str, int]] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    accepted = rejected = parse_failures = 0
+    for rec in records:
+        if rec.get("accepted"):
+            accepted += 1
+        else:
+            rejected += 1
+        if (rec.get("verdict") or {}).get("stage") == "parse" or any(
+            a.get("error") for a in rec.get("attempts") or [] if isinstance(a, dict)
+        ):
+            parse_failures += 1
+        for model, u in (rec.get("usage") or {}).items():
+            for k in ("calls", "prompt_tokens", "completion_tokens"):
+                per_model[model][k] += int(u.get(k, 0) or 0)
+    tokens_per_accepted = {
+        m: round((u["prompt_tokens"] + u["completion_tokens"]) / accepted, 1) if accepted else None
+        for m, u in per_model.items()
+    }
+    return {
+        "accepted": accepted,
+        "rejected": rejected,
+        "records": accepted + rejected,
+        "acceptance_rate": round(accepted / (accepted + rejected), 4) if accepted + rejected else 0.0,
+        "items_with_parse_failures": parse_failures,
+        "lm_calls": sum(u["calls"] for u in per_model.values()),
+        "tokens": sum(u["prompt_tokens"] + u["completion_tokens"] for u in per_model.values()),
+        "per_model": dict(per_model),
+        "tokens_per_accepted": tokens_per_accepted,
+    }
+
+
+def run_synth(
+    config: SynthConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    lm: Any = None,
+    program: Any = None,
+    progress: Callable[[Any, dict[str, int]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a synthesis run into `out`; return the manifest totals.
+
+    Args:
+        config: the run's settings (stored in the manifest; a resume must use the same ones).
+        out: the run directory.
+        resume: continue a run in `out`, skipping items already recorded.
+        lm: an LM object to use instead of `config.lm` (tests, notebooks).
+        program: a compiled program to use instead of `config.program`.
+        progress: `progress(outcome, counts)` after each item; counts has accepted/rejected/failed/tokens.
+
+    Raises:
+        ConfigError, RunStoreError, LMError: with a message that says how to fix the problem.
+    """
+    import dspy
+
+    from refine.executor import run_items
+    from refine.graph import program_hash
+    from refine.personas import load_personas
+    from refine.store import RunStore
+
+    personas = load_personas(config.personas)
+    items = plan_items(personas, config.n, config.seed)
+    options = {"max_attempts": config.max_attempts, "min_refinements": config.min_refinements}
+    work = SynthWork(program if program is not None else config.program, options, config.min_refinements)
+    the_lm = lm if lm is not None else resolve_lm(config.lm)
+    phash = program_hash(work.program)
+    counts = {"accepted": 0, "rejected": 0, "failed": 0, "skipped": 0, "tokens": 0}
+    lock = threading.Lock()
+
+    def on_item(outcome: Any) -> None:
+        with lock:
+            if outcome.status == "skipped":
+                counts["skipped"] += 1
+            elif outcome.status == "failed":
+                counts["failed"] += 1
+            else:
+                for kind in ("accepted", "rejected"):
+                    counts[kind] += outcome.written.get(kind, 0)
+            counts["tokens"] = work.tokens
+            snapshot = dict(counts)
+        if progress is not None:
+            progress(outcome, snapshot)
+
+    with RunStore(out, config=config.model_dump(), resume=resume, program_hash=phash) as store:
+        store.update_manifest(items=len(items), lm_model=str(getattr(the_lm, "model", config.lm)))
+        with dspy.context(lm=the_lm):
+            summary = run_items(
+                items, work, store=store, key="key", lm=the_lm, progress=on_item, workers=config.workers
+            )
+        totals = synth_totals([*store.records("accepted"), *store.records("rejected")])
+        totals["pending"] = summary.pending
+        totals["errors"] = store.count("errors")
+        if summary.pending == 0:
+            store.finish(totals=totals)
+        else:  # failed items stay pending: a resumed run retries them
+            store.update_manifest(status="incomplete", totals=totals)
+    return totals
