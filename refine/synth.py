@@ -312,6 +312,8 @@ def run_synth(
     lm: Any = None,
     program: Any = None,
     progress: Callable[[Any, dict[str, int]], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a synthesis run into `out`; return the manifest totals.
 
@@ -322,13 +324,16 @@ def run_synth(
         lm: an LM object to use instead of `config.lm` (tests, notebooks).
         program: a compiled program to use instead of `config.program`.
         progress: `progress(outcome, counts)` after each item; counts has accepted/rejected/failed/tokens.
+        executor: "local" (threads) or "ray" (Ray tasks; each worker process builds its own LM from `config.lm`
+            and the program from `config.program`, so both must be specs, not objects).
+        ray_address: the Ray cluster to join with executor="ray" (default: start one here).
 
     Raises:
         ConfigError, RunStoreError, LMError: with a message that says how to fix the problem.
     """
     import dspy
 
-    from refine.executor import run_items
+    from refine.executor import WorkerLM, run_items
     from refine.graph import program_hash
     from refine.personas import load_personas
     from refine.store import RunStore
@@ -337,7 +342,10 @@ def run_synth(
     items = plan_items(personas, config.n, config.seed)
     options = {"max_attempts": config.max_attempts, "min_refinements": config.min_refinements}
     work = SynthWork(program if program is not None else config.program, options, config.min_refinements)
+    if executor == "ray" and (lm is not None or program is not None):
+        raise ConfigError("With --executor ray the LM and the program are given as specs (config.lm, config.program).")
     the_lm = lm if lm is not None else resolve_lm(config.lm)
+    worker_lm: Any = WorkerLM(config.lm, factory="refine.synth:resolve_lm") if executor == "ray" else the_lm
     phash = program_hash(work.program)
     counts = {"accepted": 0, "rejected": 0, "failed": 0, "skipped": 0, "tokens": 0}
     lock = threading.Lock()
@@ -360,7 +368,15 @@ def run_synth(
         store.update_manifest(items=len(items), lm_model=str(getattr(the_lm, "model", config.lm)))
         with dspy.context(lm=the_lm):
             summary = run_items(
-                items, work, store=store, key="key", lm=the_lm, progress=on_item, workers=config.workers
+                items,
+                work,
+                store=store,
+                key="key",
+                lm=worker_lm,
+                progress=on_item,
+                executor=executor,
+                workers=config.workers,
+                ray_address=ray_address,
             )
         totals = synth_totals([*store.records("accepted"), *store.records("rejected")])
         totals["pending"] = summary.pending

@@ -1,9 +1,111 @@
-"""CLI commands of the synth area (being built; see the issue for this area)."""
+"""`refine synth` (synthesize verified refinement trajectories) and `refine export` (to training formats)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+LM_HELP = (
+    "Teacher LM: 'embedded', 'local/<dir>', a LiteLLM string (openai/gpt-4o-mini; openai/<name> with "
+    "OPENAI_API_BASE for vLLM/SGLang/Ollama), or py:package.module:factory."
+)
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created; with --resume, continued).")],
+    personas: Annotated[str, typer.Option(help="'builtin' or a JSONL/CSV/text file of personas.")] = "builtin",
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of (persona, seed) items.")] = 4,
+    lm: Annotated[str, typer.Option(help=LM_HELP)] = "embedded",
+    program: Annotated[str, typer.Option(help="Built-in name, 'package.module:attr', or a saved dir.")] = "agentrefine",
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel items (threads/Ray tasks).")] = 8,
+    seed: Annotated[int, typer.Option(help="Base seed (persona order and per-item seeds).")] = 0,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per stage before rejection.")] = 4,
+    min_refinements: Annotated[int, typer.Option(min=0, help="Error -> fix episodes required.")] = 2,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out (same settings).")] = False,
+    executor: Annotated[str, typer.Option(help="local (threads, default) or ray (Ray tasks).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (with --executor ray).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Synthesize AgentRefine trajectories from personas, verify them, and store accepted/rejected records."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from refine.synth import SynthConfig, run_synth
+
+    config = SynthConfig(
+        personas=personas,
+        n=n,
+        lm=lm,
+        program=program,
+        seed=seed,
+        max_attempts=max_attempts,
+        min_refinements=min_refinements,
+        workers=workers,
+    )
+    console = Console(stderr=True)
+    columns = [
+        TextColumn("[bold]synth"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[green]{task.fields[accepted]} accepted[/] [red]{task.fields[rejected]} rejected[/]"),
+        TextColumn("{task.fields[failed]} failed  {task.fields[tokens]:,} tokens"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+        task = bar.add_task("synth", total=n, accepted=0, rejected=0, failed=0, tokens=0)
+
+        def on_item(outcome: object, counts: dict[str, int]) -> None:
+            bar.update(
+                task,
+                completed=counts["accepted"] + counts["rejected"] + counts["failed"] + counts["skipped"],
+                accepted=counts["accepted"],
+                rejected=counts["rejected"],
+                failed=counts["failed"],
+                tokens=counts["tokens"],
+            )
+
+        totals = run_synth(config, out, resume=resume, progress=on_item, executor=executor, ray_address=ray_address)
+    table = Table(title=f"refine synth -> {out}", show_header=False)
+    table.add_row("accepted", str(totals["accepted"]))
+    table.add_row("rejected", str(totals["rejected"]))
+    table.add_row("items with parse failures", str(totals["items_with_parse_failures"]))
+    table.add_row("LM calls", str(totals["lm_calls"]))
+    table.add_row("tokens", f"{totals['tokens']:,}")
+    for model, tpa in totals["tokens_per_accepted"].items():
+        table.add_row(f"tokens / accepted ({model})", "n/a" if tpa is None else f"{tpa:,}")
+    if totals.get("pending"):
+        table.add_row("pending (failed items; rerun with --resume)", str(totals["pending"]))
+    Console().print(table)
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `refine synth`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (messages/sharegpt) or folder (hf).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="hf (datasets folder), sharegpt, messages.")] = "messages",
+) -> None:
+    """Export the accepted trajectories of a run (provenance on every row, loss flags on assistant turns)."""
+    from refine.export import export_run
+
+    counts = export_run(run_dir, fmt, out)
+    typer.echo(
+        f"Exported {counts['rows']} trajectories ({counts['assistant_turns']} assistant turns, "
+        f"{counts['masked_turns']} masked) as {counts['format']} to {counts['out']}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("synth")(synth)
+    app.command("export")(export)
