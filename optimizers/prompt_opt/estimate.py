@@ -74,9 +74,9 @@ def _graph_of(program: dspy.Module) -> Any:
 def calls_per_run(program: dspy.Module) -> tuple[int, int]:
     """(fewest, most) predictor calls one run of `program` makes.
 
-    For a `GraphModule`: a node off every loop runs at most once; a node on a loop runs at most once plus the
-    `max_iters` of the bounded edges of its loop. Nodes behind a condition may not run, but count in both numbers,
-    since the typical refinement program runs them. Other modules: one call per predictor.
+    For a `GraphModule`: the fewest counts the predictor nodes every run reaches (through unconditional edges from
+    the entry, once each); the most lets every node run, and nodes on a loop run once plus the `max_iters` of the
+    bounded edges of their loop. Other modules: one call per predictor.
     """
     graph = _graph_of(program)
     if graph is None:
@@ -86,8 +86,16 @@ def calls_per_run(program: dspy.Module) -> tuple[int, int]:
 
     g = graph.nx_graph
     edges = graph._edges
+    must = set(graph.get_entry_nodes())
+    frontier = list(must)
+    while frontier:
+        src = frontier.pop()
+        for e in edges:
+            if e.src == src and e.condition is None and e.max_iters is None and e.dst not in must:
+                must.add(e.dst)
+                frontier.append(e.dst)
     lo = hi = 0
-    sccs = [c for c in nx.strongly_connected_components(g)]
+    sccs = list(nx.strongly_connected_components(g))
     for name in graph.node_names:
         node = graph.get_node(name)
         if not isinstance(node, dspy.Module):
@@ -96,7 +104,7 @@ def calls_per_run(program: dspy.Module) -> tuple[int, int]:
         comp = next(c for c in sccs if name in c)
         looped = len(comp) > 1 or g.has_edge(name, name)
         extra = sum(e.max_iters or 0 for e in edges if e.src in comp and e.dst in comp) if looped else 0
-        lo += k
+        lo += k if name in must else 0
         hi += k * (1 + extra)
     return lo, hi
 

@@ -10,18 +10,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import dspy
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
-from refine.optimizers.prompt_opt.artifacts import PredictorChange, changes_to_dicts, diff_programs, save_optimized
+from refine.optimizers.prompt_opt.artifacts import (
+    REPORT_FILE,
+    PredictorChange,
+    changes_to_dicts,
+    diff_programs,
+    save_optimized,
+)
 from refine.optimizers.prompt_opt.budget import Budget, BudgetExhaustedError, Spend
 from refine.optimizers.prompt_opt.config import BOOTSTRAP_PRESETS, OptimizeConfig, load_examples, to_examples
 from refine.optimizers.prompt_opt.estimate import CostEstimate, estimate_cost
@@ -152,14 +160,14 @@ def evaluate_program(
 
 def _build_optimizer(
     cfg: OptimizeConfig, metric: Metric, task_lm: dspy.BaseLM, reflection_lm: dspy.BaseLM, budget: Budget
-) -> tuple[Any, dict[str, Any]]:
-    """(optimizer, extra compile kwargs)."""
+) -> Any:
+    """The DSPy optimizer for `cfg.method`, with its budget knobs from `cfg.preset`."""
     if cfg.method == "bootstrap":
         p = BOOTSTRAP_PRESETS[cfg.preset]
         # Only fully successful runs become demos.
-        return dspy.BootstrapFewShot(metric=_score(metric), metric_threshold=1.0, **p), {}
+        return dspy.BootstrapFewShot(metric=_score(metric), metric_threshold=1.0, **p)
     if cfg.method == "mipro":
-        opt = dspy.MIPROv2(
+        return dspy.MIPROv2(
             metric=_score(metric),
             prompt_model=reflection_lm,
             task_model=task_lm,
@@ -168,14 +176,13 @@ def _build_optimizer(
             seed=cfg.seed,
             verbose=False,
         )
-        return opt, {}
     log_dir = cfg.log_dir or (cfg.out / "gepa" if cfg.out is not None else None)
 
     def stop_when_spent(_state: Any) -> bool:
         # Stop between iterations once a call was refused: GEPA then returns its best candidate so far.
         return budget.exhausted
 
-    opt = dspy.GEPA(
+    return dspy.GEPA(
         metric=metric,
         auto=cfg.preset,
         reflection_lm=reflection_lm,
@@ -185,7 +192,31 @@ def _build_optimizer(
         track_stats=False,
         gepa_kwargs={"stop_callbacks": [stop_when_spent]},
     )
-    return opt, {}
+
+
+def _check(budget: Budget) -> None:
+    if budget.exhausted:
+        raise BudgetExhaustedError(budget._message())
+
+
+class _RefusalFilter(logging.Filter):
+    """Drop the per-example error lines DSPy logs for calls the budget refused (the run reports them once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "BudgetExhaustedError" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_refusals() -> Iterator[None]:
+    names = ["dspy.utils.parallelizer", "dspy.evaluate.evaluate", "dspy.teleprompt.bootstrap", "dspy.predict.predict"]
+    flt = _RefusalFilter()
+    for n in names:
+        logging.getLogger(n).addFilter(flt)
+    try:
+        yield
+    finally:
+        for n in names:
+            logging.getLogger(n).removeFilter(flt)
 
 
 def _enable_mlflow(cfg: OptimizeConfig) -> bool:
@@ -237,6 +268,12 @@ def optimize(
     cfg = OptimizeConfig.model_validate(cfg.model_dump())
     if isinstance(program, str) and not Path(program).is_dir():
         cfg = cfg.model_copy(update={"program": program})
+    elif isinstance(program, str | Path) and (Path(program) / REPORT_FILE).is_file():
+        # Re-optimizing a saved program: keep its spec so the new result can be rebuilt too.
+        saved = json.loads((Path(program) / REPORT_FILE).read_text(encoding="utf-8")).get("config", {})
+        cfg = cfg.model_copy(
+            update={"program": saved.get("program"), "program_options": saved.get("program_options") or {}}
+        )
     emit = on_event or (lambda kind, data: None)
 
     module, inputs, outputs = _prepare_program(program, cfg)
@@ -270,40 +307,40 @@ def optimize(
     _enable_mlflow(cfg)
 
     baseline = module.deepcopy()
-    status: Status = "completed"
-    message = ""
+    optimized: dspy.Module = baseline
     before = after = None
-    optimized = module
-    with dspy.context(lm=task):
-        emit("phase", {"name": "baseline"})
+    phase = "baseline"
+    with dspy.context(lm=task), _quiet_refusals():
         try:
+            emit("phase", {"name": phase})
             before, _ = evaluate_program(module, dev, metric_fn, cfg.num_threads)
-            if budget.exhausted:
-                raise BudgetExhaustedError(budget._message())
+            _check(budget)
+            phase = "optimize"
             emit("phase", {"name": f"optimize ({cfg.method}, {cfg.preset})"})
-            optimizer, kwargs = _build_optimizer(cfg, metric_fn, task, refl, budget)
+            optimizer = _build_optimizer(cfg, metric_fn, task, refl, budget)
             try:
-                optimized = optimizer.compile(module, trainset=train, **kwargs)
+                optimized = optimizer.compile(module, trainset=train)
             except Exception as exc:
                 if not budget.exhausted:
                     raise
                 raise BudgetExhaustedError(budget._message()) from exc
-            if budget.exhausted:
-                message = "The budget ran out during optimization; GEPA returned its best candidate so far."
-                status = "budget_exhausted"
-            emit("phase", {"name": "final"})
+            _check(budget)
+            phase = "final"
+            emit("phase", {"name": phase})
             after, _ = evaluate_program(optimized, dev, metric_fn, cfg.num_threads)
-            if budget.exhausted:
-                after = None
-                status = "budget_exhausted"
-                message = message or "The budget ran out during the final evaluation; the after-score is missing."
+            _check(budget)
+            status: Status = "completed"
+            message = ""
         except BudgetExhaustedError as exc:
             status = "budget_exhausted"
-            message = message or f"{exc} The run stopped; the best program so far was kept."
-            if after is None and optimized is module and cfg.method != "gepa":
-                optimized = baseline
-    if status == "budget_exhausted" and optimized is module and before is not None and after is None:
-        optimized = baseline
+            # Scores computed with refused calls are not scores; programs compiled under refusals are the optimizer's
+            # best among what it could evaluate (GEPA stops between iterations and returns its best candidate).
+            if phase == "baseline":
+                before = None
+            after = None
+            kept = "the un-optimized program" if optimized is baseline else "the optimizer's best program so far"
+            message = f"{exc} Stopped during the {phase} phase; kept {kept}."
+            logger.warning(message)
     spend = budget.spent
     changes = diff_programs(baseline, optimized)
     result = OptimizeResult(
