@@ -198,3 +198,10 @@ def test_fixture_trajectory_is_accepted_and_variants_are_not() -> None:
     assert verify_trajectory(Trajectory(script=tea_script(), turns=good_turns())).ok
     for kind in ("unflagged_param", "false_param", "few_refinements", "not_completed", "early_completion", "order"):
         assert not verify_trajectory(Trajectory(script=tea_script(), turns=bad_turns(kind))).ok, kind
+
+
+def perfect_teacher(fields: list[str], inputs: dict[str, Any], messages: Any) -> dict[str, Any]:
+    """Like `teacher_respond`, but every trajectory is correct."""
+    if "turns" in fields:
+        return {"turns": turn_drafts(good_turns())}
+    return teacher_respond(fields, inputs, messages)
