@@ -1,0 +1,64 @@
+"""Typed settings of a distillation run, shared by the Python API, the CLI and the `dspy.Provider`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ABLATIONS", "DistillConfig"]
+
+ABLATIONS = ("masked", "trained", "no-refine")
+
+
+class DistillConfig(BaseModel):
+    """How to distill turn-masked trajectories into a student model.
+
+    Example:
+        >>> cfg = DistillConfig(out="runs/student", lora=True, max_steps=50)
+        >>> cfg.resolved_learning_rate()
+        0.0002
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    out: Path = Field(description="Output folder of the student checkpoint, model card and loss curve.")
+    base: str | None = Field(
+        default=None, description="Base model: a local HF folder or hub id. None = the embedded SmolLM2-135M-Instruct."
+    )
+    ablation: Literal["masked", "trained", "no-refine"] = Field(
+        default="masked",
+        description="masked: erroneous turns stay in context without loss (the paper); trained: they are trained; "
+        "no-refine: refinement episodes (error turn + its feedback) are dropped.",
+    )
+    lora: bool = Field(default=False, description="Train LoRA adapters (PEFT) instead of all weights.")
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_target_modules: str | list[str] = Field(default="all-linear")
+    merge_lora: bool = Field(default=False, description="Save LoRA merged into a plain checkpoint (else adapter).")
+    max_steps: int = Field(default=-1, description="Optimizer steps; -1 = run `epochs` epochs.")
+    epochs: float = Field(default=3.0, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0, description="None = 2e-5 (full) or 2e-4 (LoRA).")
+    batch_size: int = Field(default=8, ge=1, description="Sequences per device per micro-batch.")
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=2048, ge=8, description="Tokens kept per trajectory (the start is kept).")
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+    bf16: bool | Literal["auto"] = Field(default="auto", description="auto = on CUDA with bf16 support.")
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations (less memory, ~30% slower).")
+    padding_free: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Flatten each micro-batch into one row with per-document positions and varlen attention "
+        "(no padding compute). auto = on CUDA.",
+    )
+    optim: str = Field(default="auto", description="auto = adamw_torch_fused on CUDA, adamw_torch elsewhere.")
+    logging_steps: int = Field(default=1, ge=1)
+    save_loss_curve: bool = True
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.lora else 2e-5

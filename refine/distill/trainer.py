@@ -1,0 +1,341 @@
+"""The TRL adapter: every `trl` call of dspy-refine lives here (SFTTrainer/SFTConfig, TRL >= 1.16).
+
+`distill(data, config)` turns training rows into turn-masked ``input_ids``/``labels`` (`build_labels`), trains the
+base model fully or with LoRA, and writes a Hugging Face checkpoint folder with a model card and a loss curve.
+On CUDA it trains padding-free: each micro-batch is one flat row with per-document position ids, and attention runs
+per document (`refine.distill.attention`), so packed trajectories never attend across boundaries and no compute is
+spent on padding. The same function runs under ``accelerate launch`` (FSDP/DeepSpeed configs in examples/accelerate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from refine.distill.config import DistillConfig
+from refine.distill.labels import IGNORE_INDEX, build_labels
+from refine.errors import TrainingError
+
+__all__ = [
+    "MIN_TRL",
+    "DistillResult",
+    "distill",
+    "load_base",
+    "make_trainer",
+    "resolve_base",
+    "sft_config_kwargs",
+    "tokenize_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_TRL = (1, 16)
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+class DistillResult(BaseModel):
+    """What a distillation run produced."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    out: Path
+    model_string: str
+    steps: int
+    losses: list[float]
+    stats: dict[str, Any]
+    loss_curve: Path | None = None
+
+
+def _require_trl() -> Any:
+    try:
+        import trl
+    except ImportError as exc:
+        raise TrainingError("distillation needs the train extra: pip install 'dspy-refine[train]'") from exc
+    version = tuple(int(p) for p in trl.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_TRL:
+        raise TrainingError(f"trl {trl.__version__} is too old; dspy-refine needs trl>=1.16 (pip install -U trl)")
+    return trl
+
+
+def resolve_base(base: str | None) -> str:
+    """The base model path: the given folder/hub id, or the embedded SmolLM2-135M-Instruct folder."""
+    if base:
+        return str(Path(base).expanduser()) if Path(base).expanduser().exists() else base
+    from refine.lm.embedded import embedded_model_dir
+
+    return str(embedded_model_dir())
+
+
+def tokenize_rows(
+    tokenizer: Any, rows: Iterable[Mapping[str, Any]], max_length: int
+) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
+    """`build_labels` over rows; drops rows left with no trained token and returns token statistics."""
+    examples, dropped = [], []
+    tokens = trained = truncated = 0
+    for r in rows:
+        ex = build_labels(tokenizer, r["messages"])
+        if len(ex["input_ids"]) > max_length:
+            truncated += 1
+            ex = {"input_ids": ex["input_ids"][:max_length], "labels": ex["labels"][:max_length]}
+        n_trained = sum(1 for lab in ex["labels"] if lab != IGNORE_INDEX)
+        if n_trained == 0:
+            dropped.append(r.get("id"))
+            continue
+        examples.append(ex)
+        tokens += len(ex["input_ids"])
+        trained += n_trained
+    stats = {
+        "examples": len(examples),
+        "dropped_no_trained_tokens": len(dropped),
+        "truncated": truncated,
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "masked_fraction": round(1 - trained / tokens, 4) if tokens else None,
+    }
+    if not examples:
+        raise TrainingError(
+            "no training row has a trained token (every assistant turn has loss=false or was cut by max_length); "
+            "check the data or raise max_length"
+        )
+    return examples, stats
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_free: bool) -> dict[str, Any]:
+    """Translate a `DistillConfig` into `SFTConfig` keyword arguments for the installed TRL/transformers.
+
+    This is the one place that knows argument renames (``max_seq_length`` -> ``max_length``,
+    ``gradient_checkpointing`` -> ``activation_checkpointing``, ``use_cpu``/``no_cuda``).
+    """
+    from trl import SFTConfig
+
+    names = _field_names(SFTConfig)
+    kw: dict[str, Any] = {
+        "output_dir": str(cfg.out),
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.resolved_learning_rate(),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "warmup_ratio": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "lr_scheduler_type": "cosine",
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": cfg.seed,
+        "bf16": bf16,
+        "fp16": False,
+        "disable_tqdm": True,
+        "padding_free": padding_free,
+        "packing": False,
+        # rows are tokenized and truncated by us; padding-free without packing requires max_length=None
+        "max_length": None if padding_free else cfg.max_length,
+        "dataset_kwargs": {"skip_prepare_dataset": False},
+        "remove_unused_columns": False,
+        "dataloader_drop_last": False,
+        "optim": cfg.optim if cfg.optim != "auto" else ("adamw_torch_fused" if cuda else "adamw_torch"),
+    }
+    if "max_length" not in names and "max_seq_length" in names:
+        kw["max_seq_length"] = kw.pop("max_length")
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    kw[ckpt] = cfg.gradient_checkpointing
+    if cfg.gradient_checkpointing:
+        kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
+    if not cuda:
+        kw["use_cpu" if "use_cpu" in names else "no_cuda"] = True
+    return {k: v for k, v in kw.items() if k in names}
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def load_base(base: str, *, bf16: bool, padding_free: bool) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from a local folder, offline-first; padding-free models get varlen attention."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from refine.distill.attention import register_varlen_attention
+
+    try:
+        tok = AutoTokenizer.from_pretrained(base)
+        attn = register_varlen_attention() if padding_free else "sdpa"
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=attn
+        )
+    except (OSError, ValueError) as exc:
+        raise TrainingError(
+            f"cannot load base model {base!r}: {exc}. Pass --base with a local Hugging Face folder "
+            "(config.json, weights, tokenizer) or omit it to use the embedded SmolLM2-135M-Instruct"
+        ) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _progress_callback(fn: ProgressFn) -> Any:
+    """A transformers `TrainerCallback` that reports ``fn(step, total, last_logs)`` after each optimizer step."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        last: dict[str, float] = {}  # noqa: RUF012 - replaced per instance on the first log
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs:
+                self.last = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            fn(state.global_step, state.max_steps, self.last)
+
+    return _Progress()
+
+
+def make_trainer(
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, list[int]]],
+    cfg: DistillConfig,
+    *,
+    padding_free: bool,
+    bf16: bool,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Build an `SFTTrainer` over pre-labelled examples (TRL keeps our ``labels`` column as is)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**sft_config_kwargs(cfg, cuda=torch.cuda.is_available(), bf16=bf16, padding_free=padding_free))
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+    callbacks = [_progress_callback(progress)] if progress else None
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def _save(trainer: Any, tokenizer: Any, cfg: DistillConfig, base: str) -> None:
+    out = cfg.out
+    model = trainer.model
+    if cfg.lora and cfg.merge_lora:
+        model = model.merge_and_unload()
+    if hasattr(model, "set_attn_implementation"):
+        try:  # a reloaded student should not depend on our registered attention
+            model.set_attn_implementation("sdpa")
+        except Exception:  # only cosmetic for the saved config
+            logger.debug("could not reset attention implementation before saving", exc_info=True)
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if cfg.lora and not cfg.merge_lora:
+            (out / "refine_base_model.txt").write_text(base, encoding="utf-8")
+
+
+def distill(
+    data: Any,
+    config: DistillConfig,
+    *,
+    progress: ProgressFn | None = None,
+    source: str | None = None,
+) -> DistillResult:
+    """Distill training rows (or a path to them) into a student checkpoint at ``config.out``.
+
+    Args:
+        data: A run directory, an exported dataset path, or an iterable of rows (see `refine.distill.data`).
+        config: The run settings.
+        progress: Called after every optimizer step as ``progress(step, total_steps, last_logs)``.
+        source: Human-readable data origin for the model card (defaults to the path).
+
+    Returns:
+        The output folder, the ``local/<dir>`` model string to load it with, the loss history and token stats.
+
+    Example:
+        >>> res = distill("runs/synth-1", DistillConfig(out="runs/student", max_steps=20))  # doctest: +SKIP
+        >>> lm = refine.lm.get_lm(res.model_string)  # doctest: +SKIP
+    """
+    _require_trl()
+    import torch
+
+    from refine.distill.data import apply_ablation, load_rows
+    from refine.distill.report import data_provenance, write_loss_curve, write_model_card
+    from refine.store import package_versions
+
+    rows = apply_ablation(load_rows(data), config.ablation)
+    base = resolve_base(config.base)
+    cuda = torch.cuda.is_available()
+    bf16 = _bf16_ok() if config.bf16 == "auto" else bool(config.bf16)
+    if bf16 and not cuda and config.bf16 == "auto":
+        bf16 = False
+    padding_free = cuda if config.padding_free == "auto" else bool(config.padding_free)
+    model, tok = load_base(base, bf16=bf16, padding_free=padding_free)
+    examples, stats = tokenize_rows(tok, rows, config.max_length)
+    config.out.mkdir(parents=True, exist_ok=True)
+    logger.info("distilling %d examples (%d tokens) into %s", stats["examples"], stats["tokens"], config.out)
+    trainer = make_trainer(model, tok, examples, config, padding_free=padding_free, bf16=bf16, progress=progress)
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingError(
+            f"out of GPU memory at batch_size={config.batch_size}: lower --batch-size or --max-length, or use --lora"
+        ) from exc
+    stats["train_seconds"] = round(time.perf_counter() - t0, 2)
+    stats["padding_free"] = padding_free
+    stats["bf16"] = bf16
+    history = list(trainer.state.log_history)
+    _save(trainer, tok, config, base)
+    curve = None
+    if trainer.accelerator.is_main_process:
+        provenance = data_provenance(rows, source or (str(data) if isinstance(data, str | Path) else "rows"))
+        cfg_json = json.loads(config.model_dump_json())
+        write_model_card(
+            config.out,
+            base=base,
+            config=cfg_json,
+            provenance=provenance,
+            stats=stats,
+            versions=package_versions(),
+            log_history=history,
+        )
+        (config.out / "refine_distill.json").write_text(
+            json.dumps({"config": cfg_json, "base": base, "stats": stats, "log_history": history}, indent=2),
+            encoding="utf-8",
+        )
+        if config.save_loss_curve:
+            curve = write_loss_curve(history, config.out / "loss_curve.png")
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    return DistillResult(
+        out=config.out,
+        model_string=f"local/{config.out}",
+        steps=int(trainer.state.global_step),
+        losses=losses,
+        stats=stats,
+        loss_curve=curve,
+    )

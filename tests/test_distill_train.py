@@ -1,0 +1,168 @@
+"""Training adapter: varlen attention, SFTConfig translation, full and LoRA distillation of a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from refine.distill.attention import register_varlen_attention  # noqa: E402
+from refine.distill.config import DistillConfig  # noqa: E402
+from refine.distill.labels import build_labels  # noqa: E402
+from refine.distill.tiny import make_tiny_model, make_tiny_tokenizer, save_tiny_model  # noqa: E402
+from refine.distill.trainer import distill, make_trainer, sft_config_kwargs, tokenize_rows  # noqa: E402
+from refine.errors import TrainingError  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def rows(n=8):
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "id": f"r{i}",
+                "messages": [
+                    {"role": "system", "content": "You are an agent. Available actions: go to X, take X from Y."},
+                    {"role": "user", "content": f"Task: take the key {i}.\nObservation: You are in a kitchen."},
+                    {"role": "assistant", "content": f"Thought: look.\nAction: take key {i} from tbl 9", "loss": False},
+                    {"role": "user", "content": "Observation: Nothing happens. There is no table 9."},
+                    {"role": "assistant", "content": f"Thought: It is table 1.\nAction: take key {i} from table 1"},
+                ],
+                "provenance": {"models": {"teacher": "scripted"}, "persona": f"p{i % 3}", "program_hash": "abc"},
+            }
+        )
+    return out
+
+
+class TestVarlenAttention:
+    @pytest.mark.parametrize("kv_heads", [4, 2])
+    def test_packed_row_equals_separate_sequences(self, kv_heads):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        tok = make_tiny_tokenizer()
+        model = make_tiny_model(tok)
+        model.config.num_key_value_heads = kv_heads
+        model = type(model)(model.config).eval()
+        seqs = [torch.randint(5, 200, (n,)).tolist() for n in (7, 13, 5)]
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": s} for s in seqs])
+        batch.pop("labels")
+        with torch.no_grad():
+            ref = torch.cat([model(input_ids=torch.tensor([s])).logits[0] for s in seqs])
+            model.set_attn_implementation(register_varlen_attention())
+            packed = model(**batch).logits[0]
+            # without document boundaries it behaves like SDPA (generation, padded batches)
+            single = model(input_ids=torch.tensor([seqs[1]])).logits[0]
+        torch.testing.assert_close(packed, ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(single, ref[7:20], atol=1e-5, rtol=1e-4)
+
+
+class TestSFTConfigTranslation:
+    def test_padding_free_drops_max_length_and_cpu_flag(self, tmp_path):
+        kw = sft_config_kwargs(DistillConfig(out=tmp_path), cuda=False, bf16=False, padding_free=True)
+        assert kw["max_length"] is None and kw["padding_free"] is True and kw["packing"] is False
+        assert kw["use_cpu"] is True and kw["optim"] == "adamw_torch"
+        ckpt = "activation_checkpointing" if "activation_checkpointing" in kw else "gradient_checkpointing"
+        assert kw[ckpt] is True
+
+    def test_padded_keeps_max_length_and_lora_lr(self, tmp_path):
+        cfg = DistillConfig(out=tmp_path, lora=True, max_length=512, gradient_checkpointing=False)
+        kw = sft_config_kwargs(cfg, cuda=True, bf16=True, padding_free=False)
+        assert kw["max_length"] == 512 and kw["learning_rate"] == 2e-4 and kw["bf16"] is True
+        assert kw["optim"] == "adamw_torch_fused" and "use_cpu" not in kw
+
+
+def test_trainer_batches_keep_our_labels(tmp_path):
+    """TRL must neither re-mask nor unmask: the labels reaching the model are exactly build_labels' labels."""
+    tok = make_tiny_tokenizer()
+    model = make_tiny_model(tok)
+    model.set_attn_implementation(register_varlen_attention())
+    examples, stats = tokenize_rows(tok, rows(3), max_length=4096)
+    cfg = DistillConfig(out=tmp_path, batch_size=3, max_steps=1)
+    trainer = make_trainer(model, tok, examples, cfg, padding_free=True, bf16=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    got = batch["labels"][0].tolist()
+    want = [lab for ex in examples for lab in ex["labels"]]
+    assert sorted(got) == sorted(want)  # the sampler may reorder rows, never change a label
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch and "attention_mask" not in batch
+    assert stats["examples"] == 3 and 0.5 < stats["masked_fraction"] < 1
+
+
+def test_rows_without_trained_tokens_are_refused():
+    tok = make_tiny_tokenizer()
+    r = rows(1)
+    for m in r[0]["messages"]:
+        m["loss"] = False
+    with pytest.raises(TrainingError, match="no training row has a trained token"):
+        tokenize_rows(tok, r, max_length=4096)
+
+
+def _eval_loss(model_dir, tok_rows):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total = 0.0
+    for r in tok_rows:
+        ex = build_labels(tok, r["messages"])
+        with torch.no_grad():
+            total += model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.item()
+    return total / len(tok_rows)
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_full_finetune_loss_falls_and_student_answers_through_dspy(tmp_path, padding_free):
+    base = save_tiny_model(tmp_path / "base")
+    out = tmp_path / "student"
+    data = rows(8)
+    cfg = DistillConfig(
+        out=out, base=str(base), max_steps=12, batch_size=4, learning_rate=5e-3, padding_free=padding_free, seed=1
+    )
+    res = distill(data, cfg)
+    assert res.steps == 12 and len(res.losses) == 12
+    assert res.losses[-1] < res.losses[0] * 0.7
+    assert _eval_loss(out, data) < _eval_loss(base, data) * 0.7
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "teacher=scripted" in card and '"ablation": "masked"' in card and "full fine-tuning" in card
+    meta = json.loads((out / "refine_distill.json").read_text())
+    assert meta["stats"]["padding_free"] is padding_free and meta["stats"]["examples"] == 8
+
+    from refine.lm import get_lm
+
+    lm = get_lm(res.model_string, max_tokens=6, cache=False)
+    answers = lm("Task: take the key 1.")
+    assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str | dict)
+
+
+def test_lora_merged_and_adapter(tmp_path):
+    base = save_tiny_model(tmp_path / "base")
+    data = rows(8)
+    merged = tmp_path / "merged"
+    res = distill(
+        data,
+        DistillConfig(
+            out=merged,
+            base=str(base),
+            lora=True,
+            merge_lora=True,
+            max_steps=12,
+            batch_size=4,
+            learning_rate=3e-2,
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+        ),
+    )
+    assert res.losses[-1] < res.losses[0]
+    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    assert _eval_loss(merged, data) < _eval_loss(base, data)
+    assert "merged into the weights" in (merged / "README.md").read_text()
+
+    adapter = tmp_path / "adapter"
+    distill(data, DistillConfig(out=adapter, base=str(base), lora=True, max_steps=2, batch_size=4))
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "refine_base_model.txt").read_text() == str(base)
