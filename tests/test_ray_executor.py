@@ -1,0 +1,151 @@
+"""Tests of refine.executor on a local Ray instance (2 CPUs): same results as local threads, and worker death
+loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refine.executor import Emit, WorkerLM, run_items
+from refine.store import RunStore
+from tests.test_executor import accepted_set, fake_lm, make_items, raw_keys, synth_like_work
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    """One local Ray instance for the module (starting one costs ~2-3 s)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    # Workers import this test module by name (`tests.test_executor`), so they need the repository on their path.
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+def _kill_self_once(marker: Path) -> None:
+    """SIGKILL this worker process the first time it gets here (the marker file survives the kill)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillOnce:
+    """A synthesis-like work function whose worker dies once at one item, before returning anything."""
+
+    def __init__(self, victim: str, marker: Path) -> None:
+        self.victim = victim
+        self.marker = marker
+
+    def __call__(self, item: dict[str, Any]) -> list[Emit]:
+        if item["key"] == self.victim:
+            _kill_self_once(self.marker)
+        return synth_like_work(item)
+
+
+class KillingRecord:
+    """A record whose serialization kills the worker once: the crash lands between two records of one item."""
+
+    def __init__(self, data: dict[str, Any], marker: Path) -> None:
+        self.data = data
+        self.marker = marker
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        _kill_self_once(self.marker)
+        return self.data
+
+
+class KillMidItem:
+    """Emits three records per item; for the victim, the worker dies while writing the second one."""
+
+    def __init__(self, victim: str, marker: Path) -> None:
+        self.victim = victim
+        self.marker = marker
+
+    def __call__(self, item: dict[str, Any]) -> list[Emit]:
+        k = item["key"]
+        second: Any = {"part": 2}
+        if k == self.victim:
+            second = KillingRecord({"part": 2}, self.marker)
+        return [Emit("parts", f"{k}/1", {"part": 1}), Emit("parts", f"{k}/2", second), Emit("accepted", k, {"ok": 1})]
+
+
+def _shards(run: Path) -> set[str]:
+    return {p.name.split(".")[1] for p in run.glob("*.jsonl") if p.name.count(".") == 2}
+
+
+def test_ray_gives_the_same_accepted_set_as_local(tmp_path):
+    items = make_items(16)
+    local = tmp_path / "local"
+    run_items(items, synth_like_work, store=local, lm=WorkerLM("teacher", factory=fake_lm), workers=2)
+    dist = tmp_path / "ray"
+    lm = WorkerLM("teacher", factory="tests.test_executor:fake_lm")
+    s = run_items(items, synth_like_work, store=dist, lm=lm, executor="ray", workers=2, chunk_size=3)
+    assert (s.total, s.done, s.pending, s.lost) == (16, 16, 0, 0)
+    assert accepted_set(dist) == accepted_set(local) and accepted_set(local)
+    # The LM was built from its spec inside the Ray workers, and they wrote their own shard files.
+    pids = {r["pid"] for r in RunStore.open_existing(dist).records("accepted")}
+    assert os.getpid() not in pids
+    assert _shards(dist) and not list(dist.glob("accepted.jsonl"))
+    assert all(n == 1 for n in raw_keys(dist).values())
+
+
+def test_killed_worker_loses_and_duplicates_nothing(tmp_path):
+    items = make_items(12)
+    marker = tmp_path / "killed"
+    run = tmp_path / "ray"
+    work = KillOnce(victim="p004", marker=marker)
+    # p004 is the 2nd item of its chunk (p003-p005): p003 was finished by the attempt that died.
+    s = run_items(
+        items, work, store=run, lm=WorkerLM("teacher", factory=fake_lm), executor="ray", workers=2, chunk_size=3
+    )
+    assert marker.exists(), "the victim's worker was never killed"
+    assert (s.total, s.pending, s.lost) == (12, 0, 0)
+    assert s.done + s.skipped == 12 and s.skipped >= 1  # the retry found p003 already done
+    local = tmp_path / "local"
+    run_items(items, synth_like_work, store=local, lm=WorkerLM("teacher", factory=fake_lm))
+    assert accepted_set(run) == accepted_set(local)
+    assert all(n == 1 for n in raw_keys(run).values())
+    assert len(_shards(run)) >= 2  # the dead worker's shard plus its replacement's
+
+
+def test_worker_dying_between_records_of_one_item(tmp_path):
+    marker = tmp_path / "killed"
+    run = tmp_path / "ray"
+    items = make_items(6)
+    s = run_items(items, KillMidItem("p001", marker), store=run, executor="ray", workers=2, chunk_size=2)
+    assert marker.exists()
+    assert (s.pending, s.lost) == (0, 0)
+    keys = raw_keys(run)
+    assert all(n == 1 for n in keys.values()), keys
+    expected = {f"p{i:03d}{suffix}" for i in range(6) for suffix in ("", "/1", "/2")}
+    assert set(keys) == expected
+
+
+def test_task_lost_for_good_is_picked_up_on_resume(tmp_path):
+    marker = tmp_path / "killed"
+    run = tmp_path / "ray"
+    items = make_items(8)
+    with RunStore(run, config={"n": 8}) as store:
+        s = run_items(
+            items, KillOnce("p001", marker), store=store, lm=WorkerLM("teacher", factory=fake_lm), executor="ray",
+            workers=2, chunk_size=4, max_retries=0,
+        )  # fmt: skip
+    assert s.lost == 4 and 1 <= s.pending <= 4  # p000 may have been finished before the kill
+    with RunStore(run, config={"n": 8}, resume=True) as store:
+        s2 = run_items(items, KillOnce("p001", marker), store=store, lm=WorkerLM("teacher", factory=fake_lm))
+    assert (s2.pending, s2.done) == (0, s.pending)
+    local = tmp_path / "local"
+    run_items(items, synth_like_work, store=local, lm=WorkerLM("teacher", factory=fake_lm))
+    assert accepted_set(run) == accepted_set(local)
+    assert all(n == 1 for n in raw_keys(run).values())
