@@ -315,8 +315,8 @@ class ProgramGraph:
             )
         entries = self.get_entry_nodes()
         reachable: set[str] = set()
-        for e in entries:
-            reachable |= {e, *nx.descendants(self._g, e)}
+        for entry in entries:
+            reachable |= {entry, *nx.descendants(self._g, entry)}
         for n in self._nodes:
             if n not in reachable:
                 raise GraphValidationError(
