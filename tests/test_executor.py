@@ -281,3 +281,42 @@ class TestWorkerLM:
         monkeypatch.setattr(refine.lm, "get_lm", fake_lm, raising=False)
         s = run_items(make_items(3), synth_like_work, store=tmp_path / "r", lm="from-string")
         assert s.done == 3
+
+
+class TestShardStore:
+    """The Ray worker's store: other processes' keys are picked up incrementally, torn lines only once complete."""
+
+    def test_refresh_sees_new_keys_from_other_writers(self, tmp_path):
+        from refine.executor import _ShardStore
+
+        run = tmp_path / "run"
+        parent = RunStore(run, config={})
+        parent.append("accepted", {}, key="before")
+        shard = _ShardStore(str(run), "w1")
+        assert shard.has("before")
+        other = RunStore(run, shard="w2")
+        other.append("accepted", {}, key="later")
+        assert not shard.has("later")
+        shard.refresh()
+        assert shard.has("later")
+        # only the new bytes are read: offsets sit at each file's end
+        assert shard._offsets == {p: p.stat().st_size for p in run.glob("*.jsonl")}
+        assert not shard.append("accepted", {"again": True}, key="later")  # another shard's key is not rewritten
+        for s in (shard, other, parent):
+            s.close()
+
+    def test_torn_line_is_read_once_complete(self, tmp_path):
+        from refine.executor import _ShardStore
+
+        run = tmp_path / "run"
+        RunStore(run, config={}).close()
+        shard = _ShardStore(str(run), "w1")
+        dead = run / "accepted.w9.jsonl"
+        line = json.dumps({"key": "slow"}).encode() + b"\n"
+        dead.write_bytes(line[:5])
+        shard.refresh()
+        assert not shard.has("slow") and shard._offsets[dead] == 0
+        dead.write_bytes(line)
+        shard.refresh()
+        assert shard.has("slow")
+        shard.close()

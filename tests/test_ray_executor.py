@@ -77,7 +77,9 @@ class KillMidItem:
         second: Any = {"part": 2}
         if k == self.victim:
             second = KillingRecord({"part": 2}, self.marker)
-        return [Emit("parts", f"{k}/1", {"part": 1}), Emit("parts", f"{k}/2", second), Emit("accepted", k, {"ok": 1})]
+        # The item's own record comes first here: the executor must still write it last, or the item would look
+        # done after the crash and its second part would never be written.
+        return [Emit("accepted", k, {"ok": 1}), Emit("parts", f"{k}/1", {"part": 1}), Emit("parts", f"{k}/2", second)]
 
 
 def _shards(run: Path) -> set[str]:
