@@ -151,3 +151,16 @@ def test_task_lost_for_good_is_picked_up_on_resume(tmp_path):
     run_items(items, synth_like_work, store=local, lm=WorkerLM("teacher", factory=fake_lm))
     assert accepted_set(run) == accepted_set(local)
     assert all(n == 1 for n in raw_keys(run).values())
+
+
+def _store_broken(item: dict[str, Any]) -> list[Emit]:
+    from refine.errors import RunStoreError
+
+    raise RunStoreError("the run directory vanished")
+
+
+def test_run_store_errors_in_a_worker_stop_the_run(tmp_path):
+    from refine.errors import RunStoreError
+
+    with pytest.raises(RunStoreError, match="the run directory vanished"):
+        run_items(make_items(2), _store_broken, store=tmp_path / "r", executor="ray", workers=2)
