@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from refine.errors import ConfigError
+from refine.errors import ConfigError, RefineError
 
 __all__ = ["BUILTIN", "load_graph", "load_program"]
 
@@ -33,8 +33,8 @@ def _resolve(spec: str) -> Any:
     mod_name, attr = target.split(":", 1)
     try:
         obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"Cannot load program {spec!r} from {target!r}: {exc}") from exc
+    except Exception as exc:  # a user module may fail to import in any way (SyntaxError, its own errors)
+        raise ConfigError(f"Cannot load program {spec!r} from {target!r}: {type(exc).__name__}: {exc}") from exc
     return obj
 
 
@@ -44,7 +44,12 @@ def load_graph(spec: str, **options: Any) -> Any:
 
     obj = _resolve(spec)
     if callable(obj) and not isinstance(obj, ProgramGraph | GraphModule):
-        obj = obj(**options)
+        try:
+            obj = obj(**options)
+        except RefineError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"Program factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, GraphModule):
         return obj.graph
     if not isinstance(obj, ProgramGraph):

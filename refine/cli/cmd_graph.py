@@ -12,11 +12,17 @@ def show(
     program: str = typer.Argument(
         ..., help="A built-in program name (e.g. agentrefine), 'module:attr' returning a ProgramGraph, or a saved dir."
     ),
+    validate: bool = typer.Option(
+        True, "--validate/--no-validate", help="Check the graph first (missing inputs, unbounded loops, ...)."
+    ),
 ) -> None:
     """Print the program's graph as Mermaid flowchart text."""
     from refine.programs_registry import load_graph
 
-    typer.echo(load_graph(program).to_mermaid(), nl=False)
+    graph = load_graph(program)
+    if validate:
+        graph.validate()
+    typer.echo(graph.to_mermaid(), nl=False)
 
 
 def register(app: typer.Typer) -> None:
