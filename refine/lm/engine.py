@@ -31,6 +31,7 @@ __all__ = ["AsyncLocalEngine", "BatchRecord", "LocalEngine"]
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_MAX_WAIT_FACTOR = 5
 
 
 class BatchRecord(NamedTuple):
@@ -102,9 +103,13 @@ class _Batcher:
         if first is _STOP:
             return [], True
         jobs = [first]
-        deadline = time.perf_counter() + self.engine.batch_wait_ms / 1000.0
+        # Sliding window: wait `batch_wait_ms` after the latest arrival (callers of one `module.batch` arrive a few ms
+        # apart on a busy CPU), but never more than `_MAX_WAIT_FACTOR` windows in all.
+        window = self.engine.batch_wait_ms / 1000.0
+        hard_deadline = time.perf_counter() + window * _MAX_WAIT_FACTOR
+        deadline = time.perf_counter() + window
         while len(jobs) < self.engine.max_batch:
-            remaining = deadline - time.perf_counter()
+            remaining = min(deadline, hard_deadline) - time.perf_counter()
             try:
                 job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
             except queue.Empty:
@@ -112,6 +117,7 @@ class _Batcher:
             if job is _STOP:
                 return jobs, True
             jobs.append(job)
+            deadline = time.perf_counter() + window
         return jobs, False
 
     def _loop(self) -> None:
@@ -142,7 +148,8 @@ class LocalEngine:
 
     Args:
         max_batch: most requests in one `generate()`; 1 disables batching.
-        batch_wait_ms: how long the worker waits for more requests after the first one of a batch.
+        batch_wait_ms: how long the worker waits for one more request before running a batch (sliding window,
+            at most 5 windows in all).
         default_max_tokens: generation limit when a request sets none.
         dtype: weights dtype (`float32`, `bfloat16`, `float16`; default `$REFINE_LM_DTYPE` or float32).
         torch_threads: torch intra-op threads (default `$REFINE_TORCH_THREADS` or min(2, cpus)).
@@ -167,7 +174,7 @@ class LocalEngine:
     def __init__(
         self,
         max_batch: int = 16,
-        batch_wait_ms: float = 10.0,
+        batch_wait_ms: float = 20.0,
         default_max_tokens: int = 512,
         dtype: str | None = None,
         torch_threads: int | None = None,

@@ -168,8 +168,9 @@ def _is_dict_any(annotation: Any) -> bool:
 def _text_rule(max_text: int) -> str:
     # No '[' inside free text: the only way out of the field is the next "[[ ## name ## ]]" header, so the model can
     # never write a header by accident. The closing blank line is part of the same terminal: a separate "\n\n"
-    # literal after a text that may itself contain newlines could trap the lexer.
-    return f"/[^\\[]{{1,{max_text}}}\\n\\n/"
+    # literal after a text that may itself contain newlines could trap the lexer. The first character may be neither
+    # blank (the value would parse as "") nor "{" (small models copy the prompt's "{field}" placeholders).
+    return f"/[^\\[{{\\s][^\\[]{{0,{max_text - 1}}}\\n\\n/"
 
 
 def lark_for_signature(
