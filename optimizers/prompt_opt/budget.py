@@ -4,7 +4,8 @@ call that could go over `max_calls` or `max_tokens` *before* it is sent.
 Each call reserves one call and an upper bound of its tokens (prompt size times the largest tokens-per-byte ratio seen
 so far, plus the call's `max_tokens`) under a lock; after the call the reservation is replaced by the usage the engine
 reported. So the spend never exceeds the budget as long as the engine honours `max_tokens`, even with many threads.
-Cache hits are free: they are neither counted nor charged.
+Cache hits are not charged (the reservation is released), though once the budget is spent every call is
+refused before the cache is consulted.
 
 Example:
     >>> from refine.testing import ScriptedLM

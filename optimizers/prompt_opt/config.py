@@ -49,6 +49,11 @@ class OptimizeConfig(BaseModel):
     program_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options for the program's build_graph(**options)."
     )
+    optimizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the DSPy optimizer's constructor, e.g. {'max_metric_calls': 300} "
+        "for GEPA (replaces the preset's auto budget) or {'max_bootstrapped_demos': 3} for bootstrap.",
+    )
     method: Literal["bootstrap", "mipro", "gepa"] = Field(default="bootstrap", description="DSPy optimizer to use.")
     preset: Literal["light", "medium", "heavy"] = Field(default="light", description="Budget preset.")
     trainset: Path | None = Field(default=None, description="JSONL file of training examples (one object a line).")
@@ -75,14 +80,14 @@ class OptimizeConfig(BaseModel):
     )
     dry_run: bool = Field(default=False, description="Only print the cost estimate.")
 
-    @field_validator("program_options")
+    @field_validator("program_options", "optimizer_kwargs")
     @classmethod
     def _json_options(cls, v: dict[str, Any]) -> dict[str, Any]:
         try:
             json.dumps(v)
         except TypeError as exc:
             raise ValueError(
-                f"program_options must be JSON-serialisable (they are saved to rebuild the program): {exc}"
+                f"program_options must be JSON-serialisable (they are saved with the result): {exc}"
             ) from exc
         return v
 

@@ -171,8 +171,13 @@ def estimate_cost(
     n_dev: int,
     example: dict[str, Any] | None = None,
     max_output_tokens: int | None = None,
+    optimizer_kwargs: dict[str, Any] | None = None,
 ) -> CostEstimate:
-    """Estimate LM calls/tokens of optimizing `program` with `method` at `preset` (no LM call is made)."""
+    """Estimate LM calls/tokens of optimizing `program` with `method` at `preset` (no LM call is made).
+
+    `optimizer_kwargs` are the extra optimizer arguments of the run (GEPA `max_metric_calls`, bootstrap demo counts).
+    """
+    okw = optimizer_kwargs or {}
     lo, hi = calls_per_run(program)
     num_preds = max(1, len(program.predictors()))
     prompt_tokens = predictor_prompt_tokens(program, example)
@@ -182,7 +187,7 @@ def estimate_cost(
     proposer = 0
     demo_tokens = 0
     if method == "bootstrap":
-        p = BOOTSTRAP_PRESETS[preset]
+        p = {**BOOTSTRAP_PRESETS[preset], **{k: v for k, v in okw.items() if k in BOOTSTRAP_PRESETS[preset]}}
         runs["bootstrap"] = n_train * p["max_rounds"]
         demo_tokens = (p["max_bootstrapped_demos"] + p["max_labeled_demos"]) * (prompt_tokens // 2 + out_tokens)
         notes.append(
@@ -197,6 +202,10 @@ def estimate_cost(
         notes += n
     elif method == "gepa":
         metric_calls, proposer, n = _gepa_runs(n_train, num_preds, preset)
+        if okw.get("max_metric_calls"):
+            metric_calls = int(okw["max_metric_calls"])
+            proposer = math.ceil(metric_calls / 6)
+            n = [f"GEPA: max_metric_calls={metric_calls} (given)"]
         runs["metric calls"] = metric_calls
         notes += n
     else:

@@ -163,35 +163,31 @@ def _build_optimizer(
 ) -> Any:
     """The DSPy optimizer for `cfg.method`, with its budget knobs from `cfg.preset`."""
     if cfg.method == "bootstrap":
-        p = BOOTSTRAP_PRESETS[cfg.preset]
         # Only fully successful runs become demos.
-        return dspy.BootstrapFewShot(metric=_score(metric), metric_threshold=1.0, **p)
+        kw = {"metric_threshold": 1.0, **BOOTSTRAP_PRESETS[cfg.preset], **cfg.optimizer_kwargs}
+        return dspy.BootstrapFewShot(metric=_score(metric), **kw)
     if cfg.method == "mipro":
-        return dspy.MIPROv2(
-            metric=_score(metric),
-            prompt_model=reflection_lm,
-            task_model=task_lm,
-            auto=cfg.preset,
-            num_threads=cfg.num_threads,
-            seed=cfg.seed,
-            verbose=False,
-        )
+        kw = {"auto": cfg.preset, "num_threads": cfg.num_threads, "seed": cfg.seed, "verbose": False}
+        kw.update(cfg.optimizer_kwargs)
+        return dspy.MIPROv2(metric=_score(metric), prompt_model=reflection_lm, task_model=task_lm, **kw)
     log_dir = cfg.log_dir or (cfg.out / "gepa" if cfg.out is not None else None)
 
     def stop_when_spent(_state: Any) -> bool:
         # Stop between iterations once a call was refused: GEPA then returns its best candidate so far.
         return budget.exhausted
 
-    return dspy.GEPA(
-        metric=metric,
-        auto=cfg.preset,
-        reflection_lm=reflection_lm,
-        num_threads=cfg.num_threads,
-        seed=cfg.seed,
-        log_dir=str(log_dir) if log_dir is not None else None,
-        track_stats=False,
-        gepa_kwargs={"stop_callbacks": [stop_when_spent]},
-    )
+    kw = {
+        "auto": cfg.preset,
+        "num_threads": cfg.num_threads,
+        "seed": cfg.seed,
+        "log_dir": str(log_dir) if log_dir is not None else None,
+        "track_stats": False,
+        "gepa_kwargs": {"stop_callbacks": [stop_when_spent]},
+    }
+    if {"max_metric_calls", "max_full_evals"} & set(cfg.optimizer_kwargs):
+        kw.pop("auto")  # GEPA takes exactly one budget
+    kw.update(cfg.optimizer_kwargs)
+    return dspy.GEPA(metric=metric, reflection_lm=reflection_lm, **kw)
 
 
 def _check(budget: Budget) -> None:
@@ -295,7 +291,9 @@ def optimize(
     refl_lm = resolve_lm(reflection_lm if reflection_lm is not None else cfg.reflection_lm) or task_lm
 
     max_out = (getattr(task_lm, "kwargs", {}) or {}).get("max_tokens")
-    estimate = estimate_cost(module, cfg.method, cfg.preset, len(train), len(dev), train[0].toDict(), max_out)
+    estimate = estimate_cost(
+        module, cfg.method, cfg.preset, len(train), len(dev), train[0].toDict(), max_out, cfg.optimizer_kwargs
+    )
     emit("estimate", {"estimate": estimate, "budget": (cfg.max_calls, cfg.max_tokens)})
     if cfg.dry_run:
         return OptimizeResult(module, cfg, estimate, "dry_run", seconds=time.perf_counter() - t0)

@@ -25,13 +25,13 @@ _METRIC_HELP = (
 )
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
+def _parse_options(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
     from refine.errors import ConfigError
 
     options: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--option {pair!r} must look like key=value (value parsed as JSON when it can be).")
+            raise ConfigError(f"{flag} {pair!r} must look like key=value (value parsed as JSON when it can be).")
         key, raw = pair.split("=", 1)
         try:
             options[key.strip()] = json.loads(raw)
@@ -53,6 +53,10 @@ def optimize_command(
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Hard limit on LM tokens (never exceeded).")] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Program option key=value (JSON value), repeatable.")
+    ] = None,
+    optimizer_arg: Annotated[
+        list[str] | None,
+        typer.Option("--optimizer-arg", help="Extra DSPy optimizer argument key=value, e.g. max_metric_calls=300."),
     ] = None,
     num_threads: Annotated[int, typer.Option(min=1, help="Threads for evaluation and optimization.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the optimizer's sampling.")] = 0,
@@ -83,6 +87,7 @@ def optimize_command(
         cfg = OptimizeConfig(
             program=None if Path(program).is_dir() else program,
             program_options=_parse_options(option or []),
+            optimizer_kwargs=_parse_options(optimizer_arg or [], "--optimizer-arg"),
             method=method,
             preset=preset,
             trainset=trainset,
