@@ -1,9 +1,11 @@
 """Metrics for optimizing refinement programs: the rule-based verifier as a DSPy metric, per-stage metrics, and
 helpers that turn any user function into the metric shape each DSPy optimizer expects.
 
-Every metric here has GEPA's five-argument signature `(gold, pred, trace=None, pred_name=None, pred_trace=None)`
-and returns `dspy.Prediction(score=float in [0, 1], feedback=str)`. `dspy.Prediction` compares and adds like its
-score, so BootstrapFewShot and MIPROv2 use these metrics as they are; GEPA also reads the feedback text.
+`verifier_metric` (from `refine.verify`) is the verifier as a metric; the others score one stage or another kind
+of program. Every metric here has GEPA's five-argument signature
+`(gold, pred, trace=None, pred_name=None, pred_trace=None)` and returns
+`dspy.Prediction(score=float in [0, 1], feedback=str)`; the optimize runner passes GEPA the feedback and the other
+optimizers the score.
 
 Example:
     >>> import dspy
@@ -24,8 +26,9 @@ from typing import Any
 
 import dspy
 
-from refine.data import Script, Trajectory, Verdict
+from refine.data import Script, Verdict
 from refine.errors import ConfigError
+from refine.verify import verifier_metric
 
 __all__ = [
     "METRICS",
@@ -38,6 +41,7 @@ __all__ = [
     "script_metric",
     "trajectory_metric",
     "verdict_metric",
+    "verifier_metric",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,24 +75,27 @@ def _verdict_result(verdict: Verdict) -> dspy.Prediction:
 
 
 def script_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
-    """Script validity: the verdict of `refine.verify.verify_script` on `pred.script` (score = checks passed).
+    """Script validity: `refine.verify.verify_script` on the prediction's script (score = fraction of checks passed).
 
-    A prediction that carries a ready `script_verdict` is scored from it without re-verifying.
+    Reads `pred.script` (a `Script`, a script draft, a dict or JSON) or, failing that, `pred.trajectory.script`,
+    so it also scores the script stage of a full AgentRefine run.
     """
-    verdict = _get(pred, "script_verdict")
-    if isinstance(verdict, Verdict):
-        return _verdict_result(verdict)
     script = _get(pred, "script")
     if script is None:
+        traj = _get(pred, "trajectory")
+        script = getattr(traj, "script", None) if traj is not None else None
+    if script is None:
         return _failed_run(pred, "script")
-    if not isinstance(script, Script):
-        try:
-            script = Script.model_validate(script if isinstance(script, Mapping) else _loads(script))
-        except Exception as exc:
-            return _result(0.0, f"The script does not parse: {exc}".strip())
-    from refine.verify import verify_script
+    if isinstance(script, Script):
+        from refine.verify import verify_script
 
-    return _verdict_result(verify_script(script))
+        return _verdict_result(verify_script(script))
+    if isinstance(script, str):
+        try:
+            script = _loads(script)
+        except ValueError as exc:
+            return _result(0.0, f"The script is not valid JSON: {exc}")
+    return verifier_metric(gold, dspy.Prediction(script=script))
 
 
 def _loads(value: Any) -> Any:
@@ -98,42 +105,20 @@ def _loads(value: Any) -> Any:
 
 
 def trajectory_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
-    """Trajectory acceptance: the verdict attached to `pred.trajectory` (or `refine.verify.verify_trajectory`).
-
-    Score 1.0 for an accepted trajectory, else the fraction of verification checks that passed; the feedback lists
-    the verifier's reasons, which is what GEPA's reflection reads.
-    """
-    traj = _get(pred, "trajectory")
-    if traj is None:
-        verdict = _get(pred, "verdict")
-        if isinstance(verdict, Verdict):
-            return _verdict_result(verdict)
+    """Trajectory acceptance: `refine.verify.verify_trajectory` on `pred.trajectory` (the example's
+    `min_refinements`, default 2). Score 1.0 when accepted, else the fraction of checks passed; the feedback lists
+    the verifier's reasons, which is what GEPA's reflection reads. A run without a trajectory scores 0."""
+    if _get(pred, "trajectory") is None:
         return _failed_run(pred, "trajectory")
-    if not isinstance(traj, Trajectory):
-        try:
-            traj = Trajectory.model_validate(traj if isinstance(traj, Mapping) else _loads(traj))
-        except Exception as exc:
-            return _result(0.0, f"The trajectory does not parse: {exc}".strip())
-    if traj.verdict is not None:
-        return _verdict_result(traj.verdict)
-    from refine.verify import verify_trajectory
-
-    return _verdict_result(verify_trajectory(traj))
+    return verifier_metric(gold, pred)
 
 
 def verdict_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
-    """The verifier as a metric for any program stage: scores whichever verdict the prediction carries.
-
-    Looks, in order, at `pred.verdict`, `pred.trajectory` and `pred.script` and scores the first one found.
-    """
+    """A verdict the program attached itself (`pred.verdict`), else the verifier on its trajectory or script."""
     verdict = _get(pred, "verdict")
     if isinstance(verdict, Verdict):
         return _verdict_result(verdict)
-    if _get(pred, "trajectory") is not None:
-        return trajectory_metric(gold, pred)
-    if _get(pred, "script") is not None:
-        return script_metric(gold, pred)
-    return _failed_run(pred, "verdict, trajectory or script")
+    return verifier_metric(gold, pred)
 
 
 def episode_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
@@ -182,6 +167,7 @@ def label_match_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any =
 
 
 METRICS: dict[str, Metric] = {
+    "verifier": verifier_metric,
     "verdict": verdict_metric,
     "script": script_metric,
     "trajectory": trajectory_metric,
@@ -267,10 +253,10 @@ def resolve_metric(spec: str | Metric) -> Metric:
 def default_metric_for(outputs: list[str] | tuple[str, ...] | None) -> Metric:
     """The metric matching a program's outputs: verifier verdicts, environment episodes, or reference labels."""
     outs = set(outputs or ())
-    if "trajectory" in outs or "verdict" in outs:
+    if "verdict" in outs:
         return verdict_metric
-    if "script" in outs:
-        return script_metric
+    if "trajectory" in outs or "script" in outs:
+        return verifier_metric
     if "success" in outs or "progress" in outs:
         return episode_metric
     return label_match_metric

@@ -64,7 +64,7 @@ class OptimizeConfig(BaseModel):
     )
     metric: str | None = Field(
         default=None,
-        description="Metric: a built-in name (verdict, script, trajectory, episode, label_match) or "
+        description="Metric: a built-in name (verifier, verdict, script, trajectory, episode, label_match) or "
         "'package.module:function'. Default: chosen from the program's outputs.",
     )
     max_calls: int | None = Field(default=None, ge=1, description="Hard limit on LM calls of the whole run.")

@@ -20,7 +20,7 @@ _PROGRAM_HELP = (
 )
 _LM_HELP = "Task LM: 'embedded', 'local/<dir>', a LiteLLM model string, or 'py:package.module:factory'."
 _METRIC_HELP = (
-    "verdict | script | trajectory | episode | label_match | 'package.module:function' "
+    "verifier | verdict | script | trajectory | episode | label_match | 'package.module:function' "
     "(default: chosen from the program's outputs)."
 )
 
