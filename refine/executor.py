@@ -457,12 +457,12 @@ def _run_ray(
             ) from None
         started = True
     lost = 0
+    in_flight: dict[Any, list[tuple[str, Any]]] = {}
     try:
         task = ray.remote(_ray_chunk).options(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=False)
         payload = ray.put((work, lm))
         size = cfg.chunk_size_for(len(pairs))
         chunks: Iterator[list[tuple[str, Any]]] = (pairs[i : i + size] for i in range(0, len(pairs), size))
-        in_flight: dict[Any, list[tuple[str, Any]]] = {}
         path = str(store.path)
         while True:
             for chunk in chunks:
@@ -489,6 +489,8 @@ def _run_ray(
             for outcome in outcomes:
                 on_outcome(outcome)
     finally:
+        for ref in in_flight:  # only when aborting: don't leave tasks writing into a run that has stopped
+            ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
     return lost

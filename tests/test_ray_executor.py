@@ -19,14 +19,22 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 
+KILL_DIR_ENV = "REFINE_TEST_KILL_DIR"
+
+
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    """One local Ray instance for the module (starting one costs ~2-3 s)."""
+def kill_dir(tmp_path_factory):
+    """One local Ray instance for the module (starting one costs ~2-3 s); yields a folder its workers can see."""
     repo = str(Path(__file__).resolve().parents[1])
     # Workers import this test module by name (`tests.test_executor`), so they need the repository on their path.
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
+    folder = tmp_path_factory.mktemp("kill")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path, KILL_DIR_ENV: str(folder)}},
+    )
+    yield folder
     ray.shutdown()
 
 
@@ -164,3 +172,55 @@ def test_run_store_errors_in_a_worker_stop_the_run(tmp_path):
 
     with pytest.raises(RunStoreError, match="the run directory vanished"):
         run_items(make_items(2), _store_broken, store=tmp_path / "r", executor="ray", workers=2)
+
+
+# ---------------------------------------------------------------------------------------------------------- synthesis
+def killing_teacher() -> Any:
+    """The synthesis tests' fake teacher, except that the worker dies once when it writes the victim's script."""
+    from refine.testing import ScriptedLM
+    from tests.test_synth_support import teacher_respond
+
+    def respond(fields: list[str], inputs: dict[str, Any], messages: Any) -> Any:
+        folder = Path(os.environ.get(KILL_DIR_ENV, "/nonexistent"))  # set in Ray workers only
+        victim = folder / "victim.txt"
+        if "script" in fields and victim.exists() and inputs.get("persona") == victim.read_text():
+            _kill_self_once(folder / "killed")
+        return teacher_respond(fields, inputs, messages)
+
+    return ScriptedLM(respond, model="fake/teacher")
+
+
+def _synth_sets(run: Path) -> dict[str, tuple[str, bool]]:
+    store = RunStore.open_existing(run)
+    return {r["key"]: (r["id"], r["accepted"]) for k in ("accepted", "rejected") for r in store.records(k)}
+
+
+def test_real_synthesis_through_ray_matches_local(tmp_path):
+    from refine.synth import SynthConfig, run_synth
+
+    cfg = SynthConfig(n=8, lm="py:tests.test_synth_support:make_lm", workers=2)
+    local = run_synth(cfg, tmp_path / "local")
+    dist = run_synth(cfg, tmp_path / "ray", executor="ray")
+    assert _synth_sets(tmp_path / "ray") == _synth_sets(tmp_path / "local")
+    assert dist["accepted"] == local["accepted"] > 0 and dist["rejected"] == local["rejected"] > 0
+    assert dist["lm_calls"] == local["lm_calls"] and dist["pending"] == 0
+    assert all(n == 1 for n in raw_keys(tmp_path / "ray").values())
+
+
+def test_real_synthesis_survives_a_killed_worker(tmp_path, kill_dir):
+    from refine.personas import load_personas
+    from refine.synth import SynthConfig, plan_items, run_synth
+
+    cfg = SynthConfig(n=8, lm="py:tests.test_ray_executor:killing_teacher", workers=2)
+    items = plan_items(load_personas(cfg.personas), cfg.n, cfg.seed)
+    (kill_dir / "killed").unlink(missing_ok=True)
+    (kill_dir / "victim.txt").write_text(items[5]["persona"])
+    try:
+        totals = run_synth(cfg, tmp_path / "ray", executor="ray")
+    finally:
+        (kill_dir / "victim.txt").unlink()
+    assert (kill_dir / "killed").exists(), "the victim's worker was never killed"
+    assert totals["pending"] == 0 and totals["records"] == 8
+    run_synth(cfg.model_copy(update={"lm": "py:tests.test_synth_support:make_lm"}), tmp_path / "local")
+    assert _synth_sets(tmp_path / "ray") == _synth_sets(tmp_path / "local")
+    assert all(n == 1 for n in raw_keys(tmp_path / "ray").values())
