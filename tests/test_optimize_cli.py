@@ -1,0 +1,161 @@
+"""`refine optimize` end to end with the fake LM: dry-run estimate, a full run that writes a loadable program and
+report, the budget options, and one red line for user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dspy
+import pytest
+from refine.optimizers import load_optimized
+from typer.testing import CliRunner
+
+from refine.cli.app import app
+from refine.errors import ConfigError
+from tests.test_optimize_support import arith_rows
+
+FAKE_LM = "py:tests.test_optimize_support:make_lm"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path):
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in arith_rows(6)) + "\n")
+    dev.write_text("\n".join(json.dumps(r) for r in arith_rows(6, start=100)) + "\n")
+    return train, dev
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, ["optimize", *args], catch_exceptions=True)
+
+
+def test_dry_run_prints_the_estimate_and_writes_nothing(data, tmp_path):
+    train, dev = data
+    res = _run(
+        "self_refine",
+        "--method",
+        "gepa",
+        "--trainset",
+        str(train),
+        "--devset",
+        str(dev),
+        "--lm",
+        FAKE_LM,
+        "--max-calls",
+        "100",
+        "--dry-run",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert res.exit_code == 0, res.output
+    assert "Estimate for gepa (light)" in res.output
+    assert "max_metric_calls=" in res.output
+    assert "may not fit: the run stops cleanly" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_full_run_writes_program_and_report(data, tmp_path):
+    train, dev = data
+    out = tmp_path / "o"
+    res = _run(
+        "self_refine",
+        "-m",
+        "mipro",
+        "--trainset",
+        str(train),
+        "--devset",
+        str(dev),
+        "--lm",
+        FAKE_LM,
+        "--option",
+        "max_rounds=2",
+        "--out",
+        str(out),
+    )
+    assert res.exit_code == 0, res.output
+    assert "completed: score 0.500 -> 1.000" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["program_options"] == {"max_rounds": 2}
+    assert report["config"]["method"] == "mipro" and report["score_after"] == 1.0
+    program = load_optimized(out)
+    assert program.graph.describe()["edges"][-1]["max_iters"] == 2  # rebuilt with the recorded options
+    from tests.test_optimize_support import make_lm
+
+    with dspy.context(lm=make_lm()):
+        assert program(task="What is 0 + 3?").output == "3"
+
+
+def test_budget_option_stops_the_run(data, tmp_path):
+    train, dev = data
+    res = _run(
+        "self_refine",
+        "--trainset",
+        str(train),
+        "--devset",
+        str(dev),
+        "--lm",
+        FAKE_LM,
+        "--max-calls",
+        "20",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert res.exit_code == 0, res.output
+    assert "budget_exhausted" in res.output and "20/20 calls used" in res.output
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["spend"]["calls"] == 20
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "sgd"], "--method: Input should be 'bootstrap', 'mipro' or 'gepa'"),
+        (["--option", "rounds"], "--option 'rounds' must look like key=value"),
+        (["--metric", "nope"], "Unknown metric 'nope'"),
+    ],
+)
+def test_user_errors_are_config_errors(data, tmp_path, args, message):
+    train, _ = data
+    res = _run("self_refine", "--trainset", str(train), "--lm", FAKE_LM, "--out", str(tmp_path / "o"), *args)
+    assert isinstance(res.exception, ConfigError)
+    assert message in str(res.exception)
+
+
+def test_missing_out_or_trainset(data):
+    train, _ = data
+    res = _run("self_refine", "--trainset", str(train), "--lm", FAKE_LM)
+    assert isinstance(res.exception, ConfigError) and "Pass --out DIR" in str(res.exception)
+    res = _run("self_refine", "--lm", FAKE_LM, "--dry-run")
+    assert isinstance(res.exception, ConfigError) and "Pass --trainset FILE" in str(res.exception)
+
+
+def test_error_is_one_red_line_and_exit_1(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from refine.cli import main; main()",
+            "optimize",
+            "self_refine",
+            "--dry-run",
+            "--trainset",
+            str(tmp_path / "missing.jsonl"),
+            "--lm",
+            FAKE_LM,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: Dataset file '{tmp_path / 'missing.jsonl'}' does not exist. "
+        "Pass a JSONL file with one example per line."
+    ]
