@@ -284,3 +284,22 @@ class TestErrors:
         g.add_node("echo", lambda task: task, inputs=["task"], outputs=["out"])
         with pytest.raises(ConfigError, match="has no DSPy predictors"):
             optimize(g, trainset=TRAIN, lm=make_lm())
+
+
+class TestAgentRefine:
+    def test_agentrefine_pipeline_is_optimized_and_runs_in_synth(self, tmp_path):
+        from refine.synth import load_program
+        from tests.test_synth_support import make_lm as teacher_lm
+
+        personas = [{"persona": f"persona number {i}"} for i in range(6)]
+        res = optimize(
+            "agentrefine", method="bootstrap", trainset=personas[:4], devset=personas[4:], lm=teacher_lm(), out=tmp_path
+        )
+        assert res.status == "completed" and res.score_before is not None
+        assert json.loads((tmp_path / "report.json").read_text())["metric"] == "verdict_metric"
+        changed = {c.name for c in res.changes if c.changed}
+        assert changed == {"nodes['generate_script']", "nodes['generate_trajectory']"}  # demos on both LM stages
+        program = load_program(str(tmp_path))  # what `refine synth --program DIR` does
+        assert program.nodes["generate_script"].demos
+        with dspy.context(lm=teacher_lm()):
+            assert program(persona="a tea lover", seed=0).trajectory is not None
