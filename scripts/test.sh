@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite offline. Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh -m "not slow"        # the fast tests only
+#   bash scripts/test.sh tests/test_graph.py
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+
+# Offline and deterministic: no hub downloads, no remote LiteLLM cost map, one tokenizer thread pool.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false LITELLM_LOCAL_MODEL_COST_MAP=True
+export DSPY_CACHEDIR="${DSPY_CACHEDIR:-${TMPDIR:-/tmp}/refine-test-dspy-cache-$$}"
+export PYTHONDONTWRITEBYTECODE=1
+
+".venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@"
