@@ -227,8 +227,14 @@ class BabyAIEnv:
         return EnvObservation(
             observation=self.describe(),
             instruction=mission[0].upper() + mission[1:] + ".",
-            available_actions=[f"{a}: {d}" for a, d in ACTIONS.items()],
-            info={"task": task, "seed": seed, "subgoals": len(self._subgoals) + 1, "valid_actions": self.actions},
+            available_actions=list(ACTIONS),
+            info={
+                "action_descriptions": dict(ACTIONS),
+                "task": task,
+                "seed": seed,
+                "subgoals": len(self._subgoals) + 1,
+                "valid_actions": self.actions,
+            },
         )
 
     def step(self, action: str) -> EnvStep:

@@ -37,6 +37,12 @@ _ACTION_HELP: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
+DESCRIPTION = (
+    "You are solving a classical planning problem. The state is a list of facts; each action changes some facts "
+    "and can only be taken when its preconditions hold. Write one action per turn as its name followed by the "
+    "object names, e.g. 'stack b a'."
+)
+
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 
 
@@ -60,6 +66,7 @@ class PDDLEnv:
     """
 
     name = "pddl"
+    description = DESCRIPTION
 
     def __init__(
         self,
@@ -119,17 +126,17 @@ class PDDLEnv:
         """The text form of a ground action literal, e.g. 'stack b a'."""
         return " ".join([lit.predicate.name, *(_obj(v) for v in lit.variables)])
 
-    def _templates(self) -> list[str]:
+    def _templates(self) -> dict[str, str]:
         domain = self.task.lower()
         known = _ACTION_HELP.get(domain, {})
-        out = []
+        out = {}
         for pred in sorted(self._env.action_space.predicates, key=lambda p: p.name):
             if pred.name in known:
                 form, help_ = known[pred.name]
             else:
                 form = " ".join([pred.name, *(f"<{t}>" for t in pred.var_types)])
                 help_ = f"apply the {pred.name} action to {pred.arity} argument(s)"
-            out.append(f"{form}: {help_}")
+            out[form] = help_
         return out
 
     def _goal_literals(self) -> list[Any]:
@@ -193,8 +200,8 @@ class PDDLEnv:
         return EnvObservation(
             observation=self.describe(),
             instruction=f"Reach a state where all of these facts hold: {goal}.",
-            available_actions=self._templates(),
-            info={"task": task, "problem": self.problem, "split": self.split},
+            available_actions=list(self._templates()),
+            info={"action_descriptions": self._templates(), "task": task, "problem": self.problem, "split": self.split},
         )
 
     def step(self, action: str) -> EnvStep:
@@ -207,7 +214,7 @@ class PDDLEnv:
             invalid = True
             feedback = (
                 f"'{action.strip()}' is not an action of this domain. Write an action like "
-                f"{self._templates()[0].split(':')[0]!r} with object names from the state."
+                f"{next(iter(self._templates()))!r} with object names from the state."
             )
         elif not self._u._action_valid_test(self._state, lit):
             invalid = True

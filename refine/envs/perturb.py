@@ -174,10 +174,6 @@ class PerturbedEnv:
         """The reworded form of an action (or of an action template such as 'take <thing>')."""
         return _reword_form(self.rules, action)
 
-    def _perturb_listing(self, line: str) -> str:
-        form, sep, help_ = line.partition(": ")
-        return self.perturb_action(form) + sep + help_
-
     def _to_canonical(self, action: str) -> tuple[str | None, bool]:
         """(action in the wrapped env's syntax, refused) for an agent action."""
         a = normalize_action(action)
@@ -194,12 +190,14 @@ class PerturbedEnv:
         self.rules = rewordings_for(self.name, getattr(self.env, "task", "") or "")
         self._steps, self._progress = 0, 0.0
         info = dict(obs.info, perturbed=True)
+        if isinstance(info.get("action_descriptions"), dict):
+            info["action_descriptions"] = {self.perturb_action(k): v for k, v in info["action_descriptions"].items()}
         if isinstance(info.get("valid_actions"), list):
             info["valid_actions"] = [self.perturb_action(a) for a in info["valid_actions"]]
         return EnvObservation(
             observation=obs.observation,
             instruction=obs.instruction,
-            available_actions=[self._perturb_listing(a) for a in obs.available_actions],
+            available_actions=[self.perturb_action(a) for a in obs.available_actions],
             info=info,
         )
 

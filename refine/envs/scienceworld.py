@@ -167,8 +167,14 @@ class ScienceWorldEnv:
         return EnvObservation(
             observation=obs.strip(),
             instruction=instruction,
-            available_actions=[f"{a}: {d}" for a, d in ACTION_TEMPLATES.items()],
-            info={"task": task, "variation": variation, "split": self.split, "gold_steps": len(self.gold_path)},
+            available_actions=list(ACTION_TEMPLATES),
+            info={
+                "action_descriptions": dict(ACTION_TEMPLATES),
+                "task": task,
+                "variation": variation,
+                "split": self.split,
+                "gold_steps": len(self.gold_path),
+            },
         )
 
     def step(self, action: str) -> EnvStep:

@@ -184,8 +184,9 @@ class TextWorldEnv:
         return EnvObservation(
             observation=obs,
             instruction=objective or "Win the game.",
-            available_actions=[f"{a}: {d}" for a, d in ACTION_TEMPLATES.items()],
+            available_actions=list(ACTION_TEMPLATES),
             info={
+                "action_descriptions": dict(ACTION_TEMPLATES),
                 "task": task,
                 "seed": seed,
                 "split": self.split,
