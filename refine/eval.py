@@ -1,0 +1,383 @@
+"""Held-out evaluation: run an agent on text environments in parallel episodes and summarise it AgentBoard-style.
+
+`evaluate(agent, EvalConfig(...), out=DIR)` plays `episodes` episodes per environment (and, with `perturb=True`, the
+same episodes again with reworded actions), at most `max_steps` steps each, in `workers` threads. Threads matter
+because the embedded engine batches concurrent LM calls into one forward pass, so parallel episodes cost little
+more than one. Each finished episode is appended to `episodes.jsonl` of a `RunStore` (resumable: a rerun with
+`resume=True` plays only missing episodes), and `summary.json` holds, per environment and overall:
+
+* success rate, progress rate (mean over episodes of the best progress reached; AgentBoard's definition),
+* invalid-action rate (invalid steps / steps), repeated-action ("stuck") rate (steps that repeat the previous action
+  and get the same observation back), mean steps, prompt/completion tokens,
+* held-in vs held-out groups (environments the agent was trained on vs not), and, with perturbation, the drop from
+  the unperturbed success and progress rates.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from refine.errors import ConfigError, RefineError
+
+__all__ = [
+    "DEFAULT_ENVS",
+    "EvalConfig",
+    "EvalResult",
+    "episode_specs",
+    "evaluate",
+    "run_episode",
+    "summarize",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENVS = ("babyai", "scienceworld", "pddl", "textworld")
+_RATES = ("success_rate", "progress_rate", "invalid_rate", "stuck_rate", "mean_steps")
+
+
+class EvalConfig(BaseModel):
+    """What to evaluate; one object feeds both the Python API and `refine eval`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envs: list[str] = Field(default_factory=lambda: list(DEFAULT_ENVS), description="Environments to evaluate on.")
+    episodes: int = Field(default=5, ge=1, description="Episodes per environment (and per variant).")
+    seed: int = Field(default=0, ge=0, description="Episode i of an environment uses seed `seed + i`.")
+    max_steps: int = Field(default=30, ge=1, description="Step bound per episode (AgentBoard: 30).")
+    workers: int = Field(default=8, ge=1, description="Episodes played at the same time (threads).")
+    perturb: bool = Field(default=False, description="Also play every episode with reworded actions.")
+    held_in: list[str] = Field(default_factory=list, description="Environments the agent was trained on.")
+    env_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Constructor options per environment, e.g. {'pddl': {'tasks': ['blocks']}}."
+    )
+    agent: str = Field(default="", description="Agent spec (recorded in the manifest).")
+    model: str = Field(default="", description="Model id of the agent (recorded in the manifest).")
+
+    @field_validator("envs", "held_in")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value if v.strip()]
+
+
+class EvalResult(BaseModel):
+    """The outcome of `evaluate`: the summary, the episode records and the run directory (if any)."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    out: str | None = None
+
+
+def episode_specs(config: EvalConfig) -> list[dict[str, Any]]:
+    """The episodes of a config, interleaved across environments so parallel workers mix them."""
+    variants = ["base", "perturbed"] if config.perturb else ["base"]
+    specs = []
+    for i in range(config.episodes):
+        for variant in variants:
+            for env in config.envs:
+                specs.append(
+                    {"key": f"{env}:{variant}:{i}", "env": env, "variant": variant, "index": i, "seed": config.seed + i}
+                )
+    return specs
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def run_episode(agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int) -> dict[str, Any]:
+    """Play one episode; returns its record (never raises for agent or environment failures: they are recorded)."""
+    from refine.programs.agent import describe_actions
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "env": spec["env"],
+        "variant": spec.get("variant", "base"),
+        "index": spec.get("index", 0),
+        "seed": spec.get("seed"),
+        "task": None,
+        "instruction": "",
+        "success": False,
+        "progress": 0.0,
+        "steps": 0,
+        "invalid_steps": 0,
+        "repeated_steps": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "error": None,
+        "initial_observation": "",
+        "trajectory": [],
+    }
+    try:
+        first = env.reset(seed=spec.get("seed"))
+    except RefineError as exc:
+        record["error"] = f"reset failed: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    except Exception as exc:  # third-party environment failure
+        record["error"] = f"reset failed: {type(exc).__name__}: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    record["task"] = getattr(env, "task", None) or first.info.get("task")
+    record["instruction"] = first.instruction
+    record["initial_observation"] = first.observation
+    actions = describe_actions(first.available_actions, first.info.get("action_descriptions"))
+    try:
+        session = agent.start(first.instruction, getattr(env, "description", ""), actions)
+    except Exception as exc:  # a broken agent is a recorded failure of this episode
+        record["error"] = f"agent failed to start: {type(exc).__name__}: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    observation = first.observation
+    best = 0.0
+    prev_action: str | None = None
+    prev_feedback: str | None = None
+    for t in range(max_steps):
+        act = session.act(observation)
+        record["prompt_tokens"] += act.prompt_tokens
+        record["completion_tokens"] += act.completion_tokens
+        step: dict[str, Any] = {"t": t, "observation": observation, "thought": act.thought, "action": act.action}
+        done = False
+        if act.action is None:
+            feedback = (
+                f"Your reply could not be used ({act.error}). Answer with one line 'Thought: ...' and one line "
+                "'Action: <one action>'."
+            )
+            step.update(invalid=True, reason=act.error, raw=act.raw[:2000])
+        else:
+            try:
+                result = env.step(act.action)
+            except Exception as exc:  # an environment crash ends the episode, recorded
+                record["error"] = f"step failed: {type(exc).__name__}: {exc}"
+                step.update(invalid=True, reason=record["error"], feedback="", progress=best, repeated=False)
+                record["trajectory"].append(step)
+                break
+            feedback = result.observation
+            best = max(best, float(result.progress))
+            done = bool(result.done)
+            record["success"] = record["success"] or bool(result.success)
+            step.update(invalid=bool(result.invalid))
+        repeated = _same(act.action, prev_action) and _same(feedback, prev_feedback)
+        step.update(feedback=feedback, progress=best, repeated=repeated, done=done)
+        record["trajectory"].append(step)
+        record["invalid_steps"] += int(step["invalid"])
+        record["repeated_steps"] += int(repeated)
+        prev_action, prev_feedback = act.action, feedback
+        observation = feedback
+        if done:
+            break
+    record["steps"] = len(record["trajectory"])
+    record["progress"] = 1.0 if record["success"] else best
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    steps = sum(r["steps"] for r in records)
+    return {
+        "episodes": n,
+        "success_rate": sum(bool(r["success"]) for r in records) / n if n else 0.0,
+        "progress_rate": sum(float(r["progress"]) for r in records) / n if n else 0.0,
+        "invalid_rate": sum(r["invalid_steps"] for r in records) / steps if steps else 0.0,
+        "stuck_rate": sum(r["repeated_steps"] for r in records) / steps if steps else 0.0,
+        "mean_steps": steps / n if n else 0.0,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "errors": sum(1 for r in records if r.get("error")),
+    }
+
+
+def _macro(per_env: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average of per-environment rates (each environment weighs the same, as in AgentBoard), summed counts."""
+    if not per_env:
+        return _metrics([])
+    out = {k: sum(m[k] for m in per_env) / len(per_env) for k in _RATES}
+    for k in ("episodes", "prompt_tokens", "completion_tokens", "errors"):
+        out[k] = sum(m[k] for m in per_env)
+    return out
+
+
+def _drop(base: Mapping[str, Any], perturbed: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        "success_rate": base["success_rate"] - perturbed["success_rate"],
+        "progress_rate": base["progress_rate"] - perturbed["progress_rate"],
+    }
+
+
+def summarize(records: Iterable[Mapping[str, Any]], held_in: Iterable[str] = ()) -> dict[str, Any]:
+    """Per-environment, overall and held-in/held-out metrics (and perturbation drops) from episode records."""
+    recs = [dict(r) for r in records]
+    held = {h.lower() for h in held_in}
+    envs = sorted({r["env"] for r in recs})
+    variants = [v for v in ("base", "perturbed") if any(r.get("variant", "base") == v for r in recs)]
+    summary: dict[str, Any] = {"envs": {}, "variants": variants}
+    for env in envs:
+        entry: dict[str, Any] = {"held_in": env in held}
+        for v in variants:
+            rs = [r for r in recs if r["env"] == env and r.get("variant", "base") == v]
+            if rs:
+                entry[v] = _metrics(rs)
+        if "base" in entry and "perturbed" in entry:
+            entry["drop"] = _drop(entry["base"], entry["perturbed"])
+        summary["envs"][env] = entry
+    for group, names in (
+        ("overall", envs),
+        ("held_in", [e for e in envs if e in held]),
+        ("held_out", [e for e in envs if e not in held]),
+    ):
+        if not names:
+            continue
+        g: dict[str, Any] = {"envs": names}
+        for v in variants:
+            per = [summary["envs"][e][v] for e in names if v in summary["envs"][e]]
+            if per:
+                g[v] = _macro(per)
+        if "base" in g and "perturbed" in g:
+            g["drop"] = _drop(g["base"], g["perturbed"])
+        summary[group] = g
+    return summary
+
+
+class _EnvPool:
+    """Idle environment instances per (name, variant), created on demand and reused across episodes."""
+
+    def __init__(self, factory: Callable[[str, bool], Any]) -> None:
+        self.factory = factory
+        self._idle: dict[tuple[str, str], queue.SimpleQueue[Any]] = {}
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, name: str, variant: str) -> Any:
+        with self._lock:
+            q = self._idle.setdefault((name, variant), queue.SimpleQueue())
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            env = self.factory(name, variant == "perturbed")
+            with self._lock:
+                self._all.append(env)
+            return env
+
+    def release(self, name: str, variant: str, env: Any) -> None:
+        self._idle[(name, variant)].put(env)
+
+    def close(self) -> None:
+        for env in self._all:
+            close = getattr(env, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # closing must not hide the run's result
+                    logger.debug("closing %s failed: %s", getattr(env, "name", env), exc)
+
+
+def _default_factory(config: EvalConfig) -> Callable[[str, bool], Any]:
+    from refine.envs import make_env
+
+    def factory(name: str, perturbed: bool) -> Any:
+        opts = {"max_steps": config.max_steps, **config.env_options.get(name, {})}
+        return make_env(name, perturb=perturbed, **opts)
+
+    return factory
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(
+    agent: Any,
+    config: EvalConfig,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    env_factory: Callable[[str, bool], Any] | None = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> EvalResult:
+    """Evaluate `agent` (a `ChatAgent`, `ProgramAgent` or anything with `start(...)->session.act(obs)`).
+
+    Args:
+        agent: The agent.
+        config: What to run.
+        out: Run directory (a `RunStore`); None keeps everything in memory.
+        resume: Continue the run in `out`, playing only the episodes it lacks.
+        env_factory: `(name, perturbed) -> TextEnv`; default `refine.envs.make_env` with `config.env_options`.
+        on_episode: Called with each finished episode record (progress display).
+
+    Returns:
+        The summary and all episode records (including those of an earlier, resumed run).
+    """
+    if not config.envs:
+        raise ConfigError("No environments to evaluate on; pass --envs babyai,scienceworld,pddl,textworld.")
+    unknown = set(config.held_in) - set(config.envs)
+    if unknown:
+        raise ConfigError(f"--held-in names environments that are not evaluated: {sorted(unknown)}; see --envs.")
+    store = None
+    if out is not None:
+        from refine.store import RunStore
+
+        store = RunStore(out, config=config.model_dump(), resume=resume)
+    specs = episode_specs(config)
+    todo = [s for s in specs if store is None or not store.has(s["key"])]
+    pool = _EnvPool(env_factory or _default_factory(config))
+    held = set(config.held_in)
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def play(spec: dict[str, Any]) -> dict[str, Any]:
+        env = pool.acquire(spec["env"], spec["variant"])
+        try:
+            rec = run_episode(agent, env, spec, config.max_steps)
+        finally:
+            pool.release(spec["env"], spec["variant"], env)
+        rec["held_in"] = spec["env"] in held
+        rec["model"] = config.model or str(getattr(agent, "model", "") or "")
+        if store is not None:
+            store.append("episodes", rec, key=spec["key"])
+        with lock:
+            records.append({"key": spec["key"], **rec})
+        if on_episode is not None:
+            on_episode(rec)
+        return rec
+
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="refine-eval") as ex:
+            # Each episode runs in a copy of the caller's context, so dspy.context(lm=...) settings reach workers.
+            futures = [ex.submit(contextvars.copy_context().run, play, s) for s in todo]
+            for fut in as_completed(futures):
+                fut.result()
+    except RefineError:
+        raise
+    finally:
+        pool.close()
+    wall = time.perf_counter() - started
+    all_records = list(store.records("episodes")) if store is not None else records
+    summary = summarize(all_records, config.held_in)
+    summary["run"] = {
+        "episodes_played": len(todo),
+        "wall_s": round(wall, 3),
+        "episodes_per_min": round(60 * len(todo) / wall, 3) if wall > 0 and todo else None,
+        "workers": config.workers,
+        "agent": config.agent,
+        "model": config.model or str(getattr(agent, "model", "") or ""),
+    }
+    if store is not None:
+        _write_json(store.path / "summary.json", summary)
+        store.finish(summary={k: summary[k] for k in ("overall", "held_in", "held_out") if k in summary})
+        store.close()
+    return EvalResult(summary=summary, records=all_records, out=str(store.path) if store is not None else None)
