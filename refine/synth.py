@@ -34,6 +34,7 @@ __all__ = ["SynthConfig", "SynthWork", "plan_items", "resolve_lm", "run_synth", 
 logger = logging.getLogger(__name__)
 
 PY_PREFIX = "py:"
+LOCAL_MAX_TOKENS = 2048
 _PROGRAM_OPTIONS = {"agentrefine": ("max_attempts", "min_refinements")}
 
 
@@ -81,9 +82,12 @@ def resolve_lm(spec: str, **kwargs: Any) -> Any:
             raise ConfigError(f"Cannot import the LM factory {target!r}: {exc}") from None
         return factory(**kwargs)
     try:
-        from refine.lm import get_lm
+        from refine.lm import get_lm, is_local_model
     except ImportError as exc:  # pragma: no cover - refine.lm ships with the package
         raise LMError(f"refine.lm is unavailable ({exc}); cannot build LM {spec!r}.") from None
+    if is_local_model(spec):
+        # A whole script or trajectory is one JSON answer: the grammar bounds of the signatures keep it under this.
+        kwargs.setdefault("max_tokens", LOCAL_MAX_TOKENS)
     return get_lm(spec, **kwargs)
 
 

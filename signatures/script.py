@@ -6,6 +6,8 @@ The LM-facing models here are deliberately small and flat so that a grammar can 
 
 from __future__ import annotations
 
+from typing import Any
+
 import dspy
 from pydantic import BaseModel, Field
 
@@ -14,29 +16,52 @@ from refine.data import ActionSpec, Script
 __all__ = ["ActionDraft", "GenerateScript", "ParameterDraft", "ScriptDraft", "draft_to_script", "render_script"]
 
 
+def _len(n: int) -> dict[str, Any]:
+    # Grammar-only bounds: they reach the JSON schema (and so constrained decoding, which then always finishes
+    # within max_tokens) but are not validated, so a capable LM writing longer text is not rejected for it.
+    return {"json_schema_extra": {"maxLength": n}}
+
+
+def _items(n: int, length: int) -> dict[str, Any]:
+    return {"maxItems": n, "items": {"type": "string", "maxLength": length}}
+
+
 class ParameterDraft(BaseModel):
     """One parameter of an action: the regex group name and every value it may take."""
 
-    name: str = Field(description="Name of the named group in the action's pattern, e.g. 'place'.")
-    values: list[str] = Field(description="Every allowed value of this parameter, e.g. ['kitchen', 'garden'].")
+    name: str = Field(description="Name of the named group in the action's pattern, e.g. 'place'.", **_len(16))
+    values: list[str] = Field(
+        description="Every allowed value of this parameter, e.g. ['kitchen', 'garden'].",
+        json_schema_extra={"maxItems": 4, "items": {"type": "string", "maxLength": 20}},
+    )
 
 
 class ActionDraft(BaseModel):
     """One available action as written by the LM."""
 
-    name: str = Field(description="Short unique action name, e.g. 'go'.")
-    description: str = Field(description="What the action does, for the player.")
-    pattern: str = Field(description=r"Regex matching the whole action string, e.g. '^go to (?P<place>\w+)$'.")
-    parameters: list[ParameterDraft] = Field(description="One entry per named group of the pattern.")
+    name: str = Field(description="Short unique action name, e.g. 'go'.", **_len(20))
+    description: str = Field(description="What the action does, for the player.", **_len(60))
+    pattern: str = Field(
+        description=r"Regex matching the whole action string, e.g. '^go to (?P<place>\w+)$'.", **_len(60)
+    )
+    parameters: list[ParameterDraft] = Field(
+        description="One entry per named group of the pattern.", json_schema_extra={"maxItems": 2}
+    )
 
 
 class ScriptDraft(BaseModel):
     """An environment script as written by the LM."""
 
-    environment: str = Field(description="Where the player is and what is around: places, objects, people.")
-    tasks: list[str] = Field(description="What the player must achieve.")
-    completion_conditions: list[str] = Field(description="Observable conditions that mean the tasks are done.")
-    actions: list[ActionDraft] = Field(description="The actions the player may take.")
+    environment: str = Field(
+        description="Where the player is and what is around: places, objects, people.", **_len(200)
+    )
+    tasks: list[str] = Field(description="What the player must achieve.", json_schema_extra=_items(2, 80))
+    completion_conditions: list[str] = Field(
+        description="Observable conditions that mean the tasks are done.", json_schema_extra=_items(2, 80)
+    )
+    actions: list[ActionDraft] = Field(
+        description="The actions the player may take.", json_schema_extra={"minItems": 1, "maxItems": 4}
+    )
 
 
 class GenerateScript(dspy.Signature):

@@ -5,24 +5,34 @@ from __future__ import annotations
 from typing import Literal
 
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from refine.data import Turn
 
-__all__ = ["PlayTrajectory", "TurnDraft", "drafts_to_turns"]
+__all__ = ["PlayTrajectory", "TurnDraft", "TurnList", "drafts_to_turns"]
 
 
 class TurnDraft(BaseModel):
     """One turn as written by the LM (flat: every field present on every turn)."""
 
     role: Literal["player", "dm"] = Field(description="'player' acts, 'dm' answers the player's last action.")
-    thought: str = Field(description="The speaker's reasoning for this turn.")
-    action: str = Field(description="Player turns: the exact action string. DM turns: ''.")
-    observation: str = Field(description="DM turns: what the player observes. Player turns: ''.")
+    thought: str = Field(description="The speaker's reasoning for this turn.", json_schema_extra={"maxLength": 60})
+    action: str = Field(
+        description="Player turns: the exact action string. DM turns: ''.", json_schema_extra={"maxLength": 40}
+    )
+    observation: str = Field(
+        description="DM turns: what the player observes. Player turns: ''.", json_schema_extra={"maxLength": 80}
+    )
     parameter_error: bool = Field(description="DM turns: the action's format or a parameter value is not allowed.")
     place_error: bool = Field(description="DM turns: the action is impossible where the player currently is.")
     logic_error: bool = Field(description="DM turns: the action is valid but makes no sense at this point.")
     task_completed: bool = Field(description="DM turns: the task is complete after this action.")
+
+
+class TurnList(RootModel[list[TurnDraft]]):
+    """The turns of a trajectory. The bound is grammar-only (not validated): room for 7 player/DM pairs."""
+
+    model_config = ConfigDict(json_schema_extra={"maxItems": 14})
 
 
 class PlayTrajectory(dspy.Signature):
@@ -41,11 +51,13 @@ class PlayTrajectory(dspy.Signature):
         desc="The environment script: environment, tasks, actions with patterns and values."
     )
     feedback: str = dspy.InputField(desc="Problems found in the previous attempt (empty on the first attempt).")
-    turns: list[TurnDraft] = dspy.OutputField(desc="The whole trajectory, starting with a player turn.")
+    turns: TurnList = dspy.OutputField(desc="The whole trajectory, starting with a player turn.")
 
 
-def drafts_to_turns(drafts: list[TurnDraft] | list[dict]) -> list[Turn]:
+def drafts_to_turns(drafts: TurnList | list[TurnDraft] | list[dict]) -> list[Turn]:
     """Map LM-written turns onto `refine.data.Turn` (error flags and completion kept on DM turns only)."""
+    if isinstance(drafts, TurnList):
+        drafts = drafts.root
     turns = []
     for d in drafts:
         if isinstance(d, dict):
