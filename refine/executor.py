@@ -90,7 +90,7 @@ class ExecutorConfig(BaseModel):
     workers: int = Field(
         4,
         ge=1,
-        description="local: threads. ray: Ray tasks in flight at once (and the CPUs of a Ray instance started here).",
+        description="local: threads. ray: Ray tasks running at once (and the CPUs of a Ray instance started here).",
     )
     ray_address: str | None = Field(
         None, description="Address of a running Ray cluster ('auto', 'ray://host:10001'); none starts one locally."
@@ -99,7 +99,7 @@ class ExecutorConfig(BaseModel):
         1, ge=1, description="ray: threads inside each Ray task (raise it when each item waits on a remote LM API)."
     )
     chunk_size: int | None = Field(
-        None, ge=1, description="ray: items per Ray task; by default about 4 chunks per worker, at most 64 items."
+        None, ge=1, description="ray: items per Ray task; default about 4 chunks per worker, at most 64 per thread."
     )
     max_retries: int = Field(3, ge=0, description="ray: times a task is re-run after its worker process died.")
 
@@ -132,7 +132,9 @@ class ExecutorConfig(BaseModel):
         """Items per Ray task: small enough to spread over the workers and to lose little to a dead worker."""
         if self.chunk_size:
             return self.chunk_size
-        return max(1, min(64, math.ceil(n_items / (self.workers * 4))))
+        t = self.threads_per_worker
+        size = max(t, min(64 * t, math.ceil(n_items / (self.workers * 4))))
+        return math.ceil(size / t) * t  # whole rounds of the task's threads: no thread idles at a chunk's end
 
 
 # Typer option types shared by `refine synth` and `refine eval` (one source of help text).
@@ -467,7 +469,8 @@ def _run_ray(
         while True:
             for chunk in chunks:
                 in_flight[task.remote(path, chunk, payload, kinds, cfg.threads_per_worker)] = chunk
-                if len(in_flight) >= cfg.workers:
+                # One queued task per worker beyond the running ones, so a worker never waits on this loop.
+                if len(in_flight) >= 2 * cfg.workers:
                     break
             if not in_flight:
                 break

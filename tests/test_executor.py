@@ -214,6 +214,9 @@ class TestConfig:
         assert ExecutorConfig(workers=2).chunk_size_for(10) == 2
         assert ExecutorConfig(workers=2).chunk_size_for(10_000) == 64
         assert ExecutorConfig(workers=2, chunk_size=5).chunk_size_for(10_000) == 5
+        # whole rounds of a task's threads
+        assert ExecutorConfig(workers=2, threads_per_worker=16).chunk_size_for(320) == 48
+        assert ExecutorConfig(workers=2, threads_per_worker=16).chunk_size_for(10) == 16
 
     def test_options_override_a_config(self):
         cfg = ExecutorConfig.from_options(ExecutorConfig(executor="ray", workers=2), workers=6, ray_address=None)
