@@ -48,7 +48,16 @@ def _rows(program: str, n: int, start: int) -> list[dict[str, Any]]:
 
 
 def run_one(
-    program: str, method: str, preset: str, lm: str, n_train: int, n_dev: int, max_tokens: int, options: dict[str, Any]
+    program: str,
+    method: str,
+    preset: str,
+    lm: str,
+    n_train: int,
+    n_dev: int,
+    max_tokens: int,
+    options: dict[str, Any],
+    num_threads: int = 1,
+    max_calls: int | None = None,
 ) -> dict[str, Any]:
     from refine.optimizers import optimize
 
@@ -61,6 +70,8 @@ def run_one(
         devset=_rows(program, n_dev, 1000),
         lm=_lm(lm, max_tokens),
         program_options=options,
+        num_threads=num_threads,
+        max_calls=max_calls,
     )
     wall = time.perf_counter() - t0
     return {
@@ -80,6 +91,7 @@ def run_one(
         "estimate_calls_max": res.estimate.calls_max,
         "estimate_tokens": res.estimate.tokens,
         "wall_s": round(wall, 2),
+        "message": res.message,
     }
 
 
@@ -93,6 +105,8 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--option", action="append", default=[], help="program option key=JSON")
+    ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--max-calls", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -116,7 +130,18 @@ def main() -> None:
                 stdout, stderr = sys.stdout, sys.stderr
                 sys.stdout = sys.stderr = sink
                 try:
-                    r = run_one(args.program, method, preset, args.lm, args.train, args.dev, args.max_tokens, options)
+                    r = run_one(
+                        args.program,
+                        method,
+                        preset,
+                        args.lm,
+                        args.train,
+                        args.dev,
+                        args.max_tokens,
+                        options,
+                        args.num_threads,
+                        args.max_calls,
+                    )
                 finally:
                     sys.stdout, sys.stderr = stdout, stderr
             rows.append(r)

@@ -190,6 +190,15 @@ def _build_optimizer(
     return dspy.GEPA(metric=metric, reflection_lm=reflection_lm, **kw)
 
 
+def _adapter_for(lm: dspy.BaseLM) -> Any:
+    """The configured adapter, else the project's default for this LM (grammar-constrained for in-process models)."""
+    if dspy.settings.adapter is not None:
+        return dspy.settings.adapter
+    from refine.lm import default_adapter
+
+    return default_adapter(lm)
+
+
 def _check(budget: Budget) -> None:
     if budget.exhausted:
         raise BudgetExhaustedError(budget._message())
@@ -308,7 +317,7 @@ def optimize(
     optimized: dspy.Module = baseline
     before = after = None
     phase = "baseline"
-    with dspy.context(lm=task), _quiet_refusals():
+    with dspy.context(lm=task, adapter=_adapter_for(task_lm)), _quiet_refusals():
         try:
             emit("phase", {"name": phase})
             before, _ = evaluate_program(module, dev, metric_fn, cfg.num_threads)
