@@ -303,3 +303,21 @@ class TestAgentRefine:
         assert program.nodes["generate_script"].demos
         with dspy.context(lm=teacher_lm()):
             assert program(persona="a tea lover", seed=0).trajectory is not None
+
+
+class TestSettings:
+    def test_invalid_override_is_a_config_error(self):
+        with pytest.raises(ConfigError, match=r"Invalid optimize settings: method: Input should be 'bootstrap'"):
+            optimize("self_refine", method="random", trainset=TRAIN, lm=make_lm())
+
+    def test_mlflow_requested_but_missing(self):
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is not None:
+            pytest.skip("mlflow is installed")
+        with pytest.raises(ConfigError, match=r"--mlflow needs MLflow: pip install 'dspy-refine\[mlflow\]'"):
+            optimize("self_refine", trainset=TRAIN, lm=make_lm(), mlflow=True)
+
+    def test_mlflow_absent_is_skipped_by_default(self):
+        res = optimize("self_refine", trainset=TRAIN, lm=make_lm(), max_calls=12)
+        assert res.score_before == pytest.approx(0.5)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dspy
+from pydantic import ValidationError
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
 from refine.optimizers.prompt_opt.artifacts import (
     REPORT_FILE,
@@ -233,7 +234,10 @@ def _enable_mlflow(cfg: OptimizeConfig) -> bool:
         if cfg.mlflow:
             raise ConfigError("--mlflow needs MLflow: pip install 'dspy-refine[mlflow]'.") from None
         return False
-    mlflow.dspy.autolog(log_compiles=True, log_evals=True, log_traces_from_compile=False)
+    try:
+        mlflow.dspy.autolog(log_compiles=True, log_evals=True, log_traces_from_compile=False)
+    except TypeError:  # older MLflow without these switches
+        mlflow.dspy.autolog()
     logger.info("MLflow logging enabled through mlflow.dspy.autolog()")
     return True
 
@@ -269,8 +273,11 @@ def optimize(
         ConfigError: bad program, datasets, metric or LM.
     """
     t0 = time.perf_counter()
-    cfg = (config or OptimizeConfig()).model_copy(update=overrides) if overrides else (config or OptimizeConfig())
-    cfg = OptimizeConfig.model_validate(cfg.model_dump())
+    try:
+        cfg = OptimizeConfig.model_validate({**(config or OptimizeConfig()).model_dump(), **overrides})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid optimize settings: {detail}") from None
     if isinstance(program, str) and not Path(program).is_dir():
         cfg = cfg.model_copy(update={"program": program})
     elif isinstance(program, str | Path) and (Path(program) / REPORT_FILE).is_file():
