@@ -121,7 +121,7 @@ def load_examples(path: Path | str, input_keys: Sequence[str]) -> list[dspy.Exam
         ConfigError: the file is missing, empty, or a line is not a JSON object.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() or p.is_dir():  # exists(): pipes such as <(...) are not regular files
         raise ConfigError(f"Dataset file {str(p)!r} does not exist. Pass a JSONL file with one example per line.")
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
