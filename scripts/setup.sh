@@ -3,7 +3,7 @@
 # takes about a second. Usage: bash scripts/setup.sh
 #
 # Settings (environment variables):
-#   REFINE_EXTRAS   pyproject extras to install            (default: train,envs,dev)
+#   REFINE_EXTRAS   pyproject extras to install            (default: train,envs,optimize,ray,dev)
 #   REFINE_TORCH    torch version installed first          (default: 2.13.0, the CPU build on this kind of machine;
 #                   set e.g. REFINE_TORCH=2.11.0 on a GPU box, or REFINE_TORCH=keep to use an installed torch)
 #   REFINE_VENV     where the virtual environment lives    (default: .venv)
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-EXTRAS="${REFINE_EXTRAS:-train,envs,dev}"
+EXTRAS="${REFINE_EXTRAS:-train,envs,optimize,ray,dev}"
 TORCH="${REFINE_TORCH:-2.13.0}"
 VENV="${REFINE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
