@@ -1,9 +1,116 @@
-"""CLI commands of the eval area (being built; see the issue for this area)."""
+"""`refine eval` (held-out evaluation on text environments) and `refine report` (plots + self-contained HTML)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+AGENT_HELP = (
+    "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', a LiteLLM string), 'chat' or "
+    "'program' (DSPy PlayerAct agent) with --lm, 'program:<saved.json>', or 'package.module:factory'."
+)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def eval_cmd(
+    agent: Annotated[str, typer.Option("--agent", "-a", help=AGENT_HELP)] = "embedded",
+    lm: Annotated[str | None, typer.Option(help="LM for --agent chat/program (default: embedded).")] = None,
+    envs: Annotated[str, typer.Option(help="Comma-separated environments.")] = "babyai,scienceworld,pddl,textworld",
+    episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="Episodes per environment.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Episode i uses seed + i (same tasks for every agent).")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (episodes.jsonl, summary.json).")] = None,
+    perturb: Annotated[bool, typer.Option("--perturb", help="Also play each episode with reworded actions.")] = False,
+    max_steps: Annotated[int, typer.Option(min=1, help="Step bound per episode (AgentBoard: 30).")] = 30,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Episodes played in parallel.")] = 8,
+    held_in: Annotated[str, typer.Option(help="Comma-separated environments the agent was trained on.")] = "",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Max new tokens per agent turn.")] = 96,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the agent.")] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same settings).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Evaluate an agent on held-out text environments (success, progress, invalid and stuck rates, tokens)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from refine.eval import EvalConfig, episode_specs, evaluate
+    from refine.programs.agent import resolve_agent
+
+    config = EvalConfig(
+        envs=_split(envs),
+        episodes=episodes,
+        seed=seed,
+        max_steps=max_steps,
+        workers=workers,
+        perturb=perturb,
+        held_in=_split(held_in),
+        agent=agent,
+        model=lm or agent,
+    )
+    the_agent = resolve_agent(agent, lm, max_tokens=max_tokens, temperature=temperature)
+    console = Console(stderr=True)
+    total = len(episode_specs(config))
+    columns = [TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ok]} solved"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=quiet) as bar:
+        task = bar.add_task("eval", total=total, ok=0)
+        solved = [0]
+
+        def on_episode(rec: dict) -> None:
+            solved[0] += int(bool(rec.get("success")))
+            bar.update(task, advance=1, ok=solved[0])
+
+        result = evaluate(the_agent, config, out, resume=resume, on_episode=on_episode)
+    summary = result.summary
+    table = Table(title=f"refine eval: {config.model}" + (f" -> {out}" if out else ""))
+    for col in ("env", "split", "actions", "episodes", "success %", "progress %", "invalid %", "stuck %", "steps",
+                "tokens"):
+        table.add_column(col, justify="left" if col in ("env", "split", "actions") else "right")
+    rows = [(env, e) for env, e in summary["envs"].items()] + [("overall", summary["overall"])]
+    for name, entry in rows:
+        for variant in summary["variants"]:
+            m = entry.get(variant)
+            if not m:
+                continue
+            split = "" if name == "overall" else ("held-in" if entry.get("held_in") else "held-out")
+            table.add_row(name, split, "reworded" if variant == "perturbed" else "original", str(m["episodes"]),
+                          f"{100 * m['success_rate']:.1f}", f"{100 * m['progress_rate']:.1f}",
+                          f"{100 * m['invalid_rate']:.1f}", f"{100 * m['stuck_rate']:.1f}", f"{m['mean_steps']:.1f}",
+                          f"{m['prompt_tokens'] + m['completion_tokens']:,}")
+    Console().print(table)
+    drop = summary["overall"].get("drop")
+    if drop:
+        Console().print(f"Robustness drop (original - reworded): success {100 * drop['success_rate']:+.1f} pts, "
+                        f"progress {100 * drop['progress_rate']:+.1f} pts")
+    errors = summary["overall"]["base"].get("errors", 0)
+    if errors:
+        console.print(f"[yellow]{errors} episode(s) ended with an error; see 'error' in episodes.jsonl[/]")
+    run = summary.get("run", {})
+    if run.get("episodes_per_min"):
+        console.print(f"{run['episodes_played']} episodes in {run['wall_s']:.1f} s "
+                      f"({run['episodes_per_min']:.1f} episodes/min, {config.workers} workers)")
+
+
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories written by `refine eval --out`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs and report.html.")] = Path("report"),
+) -> None:
+    """Render plots and one self-contained HTML page (tables + trajectory viewer) from eval runs."""
+    from rich.console import Console
+
+    from refine.report import build_report
+
+    files = build_report(runs, out)
+    for name, path in files.items():
+        Console().print(f"{name}: {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("eval")(eval_cmd)
+    app.command("report")(report_cmd)
