@@ -209,7 +209,8 @@ def _episodes_json(runs: Sequence[RunData]) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;font-size:.88em;margin:8px 0}th,td{border:1px solid #d5d9de;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;font-size:.88em;margin:8px 0}
+th,td{border:1px solid #d5d9de;padding:4px 8px;text-align:right}
 th{background:#f2f4f7}td:nth-child(-n+4){text-align:left}img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .step{border:1px solid #d5d9de;border-radius:6px;padding:8px 10px;margin:8px 0;background:#fbfcfd}
 .step.invalid{border-left:5px solid #d9534f}.step.repeated{background:#fff8e6}.obs{white-space:pre-wrap;color:#333}
@@ -250,7 +251,8 @@ _JS = """
       d.appendChild(h);
       d.appendChild(el('div','obs','Observation: ' + (s.observation || '')));
       d.appendChild(el('div','thought','Thought: ' + (s.thought || '')));
-      d.appendChild(el('div','action','Action: ' + (s.action === null || s.action === undefined ? '(none)' : s.action)));
+      var act = (s.action === null || s.action === undefined) ? '(none)' : s.action;
+      d.appendChild(el('div','action','Action: ' + act));
       if(s.reason) d.appendChild(el('div','obs','Reason: ' + s.reason));
       d.appendChild(el('div','obs','Feedback: ' + (s.feedback || '')));
       view.appendChild(d);

@@ -23,7 +23,9 @@ def eval_cmd(
     envs: Annotated[str, typer.Option(help="Comma-separated environments.")] = "babyai,scienceworld,pddl,textworld",
     episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="Episodes per environment.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Episode i uses seed + i (same tasks for every agent).")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (episodes.jsonl, summary.json).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (episodes.jsonl, summary.json).")
+    ] = None,
     perturb: Annotated[bool, typer.Option("--perturb", help="Also play each episode with reworded actions.")] = False,
     max_steps: Annotated[int, typer.Option(min=1, help="Step bound per episode (AgentBoard: 30).")] = 30,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Episodes played in parallel.")] = 8,
@@ -55,8 +57,13 @@ def eval_cmd(
     the_agent = resolve_agent(agent, lm, max_tokens=max_tokens, temperature=temperature)
     console = Console(stderr=True)
     total = len(episode_specs(config))
-    columns = [TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ok]} solved"),
-               TimeElapsedColumn()]
+    columns = [
+        TextColumn("[bold]eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ok]} solved"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=console, disable=quiet) as bar:
         task = bar.add_task("eval", total=total, ok=0)
         solved = [0]
@@ -68,8 +75,18 @@ def eval_cmd(
         result = evaluate(the_agent, config, out, resume=resume, on_episode=on_episode)
     summary = result.summary
     table = Table(title=f"refine eval: {config.model}" + (f" -> {out}" if out else ""))
-    for col in ("env", "split", "actions", "episodes", "success %", "progress %", "invalid %", "stuck %", "steps",
-                "tokens"):
+    for col in (
+        "env",
+        "split",
+        "actions",
+        "episodes",
+        "success %",
+        "progress %",
+        "invalid %",
+        "stuck %",
+        "steps",
+        "tokens",
+    ):
         table.add_column(col, justify="left" if col in ("env", "split", "actions") else "right")
     rows = [(env, e) for env, e in summary["envs"].items()] + [("overall", summary["overall"])]
     for name, entry in rows:
@@ -78,22 +95,34 @@ def eval_cmd(
             if not m:
                 continue
             split = "" if name == "overall" else ("held-in" if entry.get("held_in") else "held-out")
-            table.add_row(name, split, "reworded" if variant == "perturbed" else "original", str(m["episodes"]),
-                          f"{100 * m['success_rate']:.1f}", f"{100 * m['progress_rate']:.1f}",
-                          f"{100 * m['invalid_rate']:.1f}", f"{100 * m['stuck_rate']:.1f}", f"{m['mean_steps']:.1f}",
-                          f"{m['prompt_tokens'] + m['completion_tokens']:,}")
+            table.add_row(
+                name,
+                split,
+                "reworded" if variant == "perturbed" else "original",
+                str(m["episodes"]),
+                f"{100 * m['success_rate']:.1f}",
+                f"{100 * m['progress_rate']:.1f}",
+                f"{100 * m['invalid_rate']:.1f}",
+                f"{100 * m['stuck_rate']:.1f}",
+                f"{m['mean_steps']:.1f}",
+                f"{m['prompt_tokens'] + m['completion_tokens']:,}",
+            )
     Console().print(table)
     drop = summary["overall"].get("drop")
     if drop:
-        Console().print(f"Robustness drop (original - reworded): success {100 * drop['success_rate']:+.1f} pts, "
-                        f"progress {100 * drop['progress_rate']:+.1f} pts")
+        Console().print(
+            f"Robustness drop (original - reworded): success {100 * drop['success_rate']:+.1f} pts, "
+            f"progress {100 * drop['progress_rate']:+.1f} pts"
+        )
     errors = summary["overall"]["base"].get("errors", 0)
     if errors:
         console.print(f"[yellow]{errors} episode(s) ended with an error; see 'error' in episodes.jsonl[/]")
     run = summary.get("run", {})
     if run.get("episodes_per_min"):
-        console.print(f"{run['episodes_played']} episodes in {run['wall_s']:.1f} s "
-                      f"({run['episodes_per_min']:.1f} episodes/min, {config.workers} workers)")
+        console.print(
+            f"{run['episodes_played']} episodes in {run['wall_s']:.1f} s "
+            f"({run['episodes_per_min']:.1f} episodes/min, {config.workers} workers)"
+        )
 
 
 def report_cmd(
