@@ -207,3 +207,25 @@ class TestInteractiveRefine:
             InteractiveRefine(env=42)
         with pytest.raises(ConfigError, match="max_steps must be >= 1"):
             InteractiveRefine(env=ToyEnv, max_steps=0)
+
+
+def test_custom_program_example_runs_offline():
+    import runpy
+    from pathlib import Path
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "custom_program.py"), run_name="example")
+    graph = ns["build_graph"]()
+    graph.validate()
+    with dspy.context(lm=ns["_fake_lm"]()):
+        out = graph.compile()(persona="a tea lover")
+    assert [e.node for e in out.graph_trace] == [
+        "script",
+        "prepare",
+        "act",
+        "judge",
+        "diagnose",
+        "refine",
+        "judge",
+        "check",
+    ]
+    assert out.action == "take kettle" and out.agrees and out.problems == []
