@@ -260,6 +260,11 @@ def load_program(spec: Any, options: dict[str, Any] | None = None) -> Any:
 
     if not isinstance(spec, str):
         return spec.compile() if isinstance(spec, ProgramGraph) else spec
+    if spec == "interactive":
+        raise ConfigError(
+            "The interactive program starts from a script or an environment, not a persona, so `refine synth` cannot "
+            "run it; use refine.programs.InteractiveRefine from Python, or --program agentrefine."
+        )
     allowed = _PROGRAM_OPTIONS.get(spec, ())
     opts = {k: v for k, v in (options or {}).items() if k in allowed}
     program = _load(spec, **opts)

@@ -153,3 +153,8 @@ class TestCli:
         assert out.returncode == 1
         assert "Error: Persona file nope.jsonl does not exist" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_interactive_program_is_refused_with_a_fix(tmp_path):
+    with pytest.raises(ConfigError, match="starts from a script or an environment"):
+        run_synth(SynthConfig(n=1, lm=FAKE, program="interactive"), tmp_path / "r")
