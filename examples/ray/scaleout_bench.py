@@ -43,6 +43,49 @@ def lm_work(item: dict[str, Any]) -> list[Emit]:
     return [Emit("accepted", item["key"], {"answer": pred.answer})]
 
 
+def synth_costs(n: int) -> dict[str, Any]:
+    """The real AgentRefine synthesis path with the tests' scripted teacher at zero latency: calls per item, the
+    client-side CPU per item (DSPy adapters, verification, run store), prompt sizes in tokens, verification cost."""
+    from transformers import AutoTokenizer
+
+    from refine.data import Trajectory
+    from refine.lm import embedded_model_dir
+    from refine.synth import SynthConfig, run_synth
+    from refine.verify import verify_trajectory
+    from tests.test_synth_support import make_lm
+
+    lm = make_lm()
+    run = tempfile.mkdtemp(prefix="refine-bench-") + "/run"
+    t0 = time.perf_counter()
+    totals = run_synth(SynthConfig(n=n, lm="py:tests.test_synth_support:make_lm", workers=1), run, lm=lm)
+    dt = time.perf_counter() - t0
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    prompt_tokens, output_tokens = [], []
+    for entry in lm.history:
+        text = "\n".join(str(m.get("content", "")) for m in entry.get("messages") or [])
+        prompt_tokens.append(len(tok(text).input_ids))
+        output_tokens.append(sum(len(tok(str(o)).input_ids) for o in entry.get("outputs") or []))
+    from refine.store import RunStore
+
+    trajs = [Trajectory.model_validate(r["trajectory"]) for r in RunStore.open_existing(run).records("accepted")]
+    t1 = time.perf_counter()
+    for _ in range(20):
+        for t in trajs:
+            verify_trajectory(t)
+    verify_ms = (time.perf_counter() - t1) / (20 * max(1, len(trajs))) * 1000
+    return {
+        "items": n,
+        "accepted": totals["accepted"],
+        "lm_calls_per_item": round(totals["lm_calls"] / n, 2),
+        "client_cpu_ms_per_item": round(dt / n * 1000, 1),
+        "client_cpu_ms_per_call": round(dt / max(1, totals["lm_calls"]) * 1000, 2),
+        "prompt_tokens_per_call_mean": round(sum(prompt_tokens) / max(1, len(prompt_tokens))),
+        "prompt_tokens_per_call_max": max(prompt_tokens, default=0),
+        "output_tokens_per_call_mean (fixture-sized)": round(sum(output_tokens) / max(1, len(output_tokens))),
+        "verify_ms_per_trajectory": round(verify_ms, 3),
+    }
+
+
 def _time(items: list[dict[str, Any]], work: Any, **kw: Any) -> dict[str, Any]:
     run = tempfile.mkdtemp(prefix="refine-bench-") + "/run"
     t0 = time.perf_counter()
@@ -59,10 +102,13 @@ def main() -> None:
     ap.add_argument("--lm-items", type=int, default=640)
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--ray-cpus", type=int, default=2)
+    ap.add_argument("--synth-items", type=int, default=24, help="items of the synthesis cost probe (0: skip)")
     args = ap.parse_args()
     import ray
 
     results: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    if args.synth_items:
+        results["synthesis costs (scripted teacher, 1 thread)"] = synth_costs(args.synth_items)
     items = [{"key": f"i{i}"} for i in range(args.items)]
     results["overhead local x1"] = _time(items, noop_work, workers=1)
     results["overhead local x8"] = _time(items, noop_work, workers=8)
