@@ -36,6 +36,7 @@ def fake_engine(monkeypatch):
         source=SimpleNamespace(kind="fake", model="embedded"),
         tokenizer=_FakeTokenizer(),
         model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1000)),
+        prefix_cache_entries=0,
     )
     monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: fake)
     calls: list[list] = []
@@ -225,6 +226,42 @@ class TestTinyModel:
         assert short.finish_reason in ("stop", "length") and short.usage.input_tokens > 3
         if short.usage.output_tokens == 3:
             assert short.finish_reason == "length"
+
+    def test_shared_system_prefix_is_reused_and_changes_nothing(self, tiny_dir):
+        from dspy.lm15 import Config, Message, Request
+
+        from refine.lm.loader import load_model
+
+        lm = get_lm(f"local/{tiny_dir}", cache=False)
+        engine, loaded = lm.engine, load_model(lm.model)
+        system = "You are a planner. " * 12
+        requests = [
+            Request(
+                model=lm.model,
+                system=system,
+                messages=(Message.user(text),),
+                config=Config(max_tokens=12, temperature=0.0),
+            )
+            for text in ("short", "a much longer user message here", "mid size one")
+        ]
+
+        def run_all():
+            before = len(engine.batches)
+            with ThreadPoolExecutor(3) as pool:
+                texts = [r.text for r in pool.map(engine.complete, requests)]
+            return texts, list(engine.batches)[before:]
+
+        loaded.prefix_cache.clear()
+        with_prefix, batches = run_all()
+        assert all(b.prefix_tokens > 0 for b in batches), batches
+        assert len(loaded.prefix_cache) == 1
+        entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
+        try:
+            without_prefix, batches = run_all()
+        finally:
+            loaded.prefix_cache_entries = entries
+        assert all(b.prefix_tokens == 0 for b in batches)
+        assert with_prefix == without_prefix, "reusing the prefix KV cache must not change greedy outputs"
 
     def test_cache_answers_identical_calls_without_the_engine(self, tiny_dir, tmp_path):
         from refine.lm.resolve import configure_cache

@@ -32,10 +32,21 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()
 _MAX_WAIT_FACTOR = 5
+_MIN_PREFIX = 16  # shorter shared prefixes are not worth a cache copy
+
+
+def _cache_kwarg() -> str:
+    """generate()'s keyword for a ready KV cache: transformers 5 renamed `past_key_values` to `cache`."""
+    from importlib.metadata import version
+
+    return "cache" if int(version("transformers").split(".")[0]) >= 5 else "past_key_values"
 
 
 class BatchRecord(NamedTuple):
-    """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks)."""
+    """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks).
+
+    `prefix_tokens` counts the shared prompt prefix (system turn) whose KV cache was reused instead of recomputed.
+    """
 
     size: int
     seconds: float
@@ -43,6 +54,7 @@ class BatchRecord(NamedTuple):
     output_tokens: int
     grammar_rows: int
     grammar_seconds: float
+    prefix_tokens: int = 0
 
 
 @dataclass
@@ -54,6 +66,7 @@ class _Job:
     grammar: str | None
     max_new: int
     sample_key: tuple[Any, ...]
+    prefix_len: int
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -83,6 +96,44 @@ def _chat_messages(request: Any) -> list[dict[str, str]]:
         role = {"developer": "system", "tool": "user"}.get(message.role, message.role)
         messages.append({"role": role, "content": text})
     return messages
+
+
+def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prompt_ids: list[int]) -> int:
+    """Length of the system turn's tokens when they are a prefix of the prompt (their KV cache can be reused)."""
+    if loaded.prefix_cache_entries <= 0 or not messages or messages[0]["role"] != "system":
+        return 0
+    system_ids = loaded.tokenizer.apply_chat_template(
+        messages[:1], add_generation_prompt=False, tokenize=True, return_dict=False
+    )
+    n = len(system_ids)
+    # Keep at least one prompt token outside the prefix: generate() needs a token to feed.
+    return n if 0 < n < len(prompt_ids) and prompt_ids[:n] == list(system_ids) else 0
+
+
+def _shared_prefix(jobs: list[_Job]) -> int:
+    """Tokens at the start of every prompt whose KV cache is reused: the common system turn (0 if none)."""
+    length = min(job.prefix_len for job in jobs)
+    if length < _MIN_PREFIX:
+        return 0
+    first = jobs[0].prompt_ids[:length]
+    if all(job.prompt_ids[:length] == first for job in jobs[1:]):
+        return length
+    return 0
+
+
+def _prefix_kv(loaded: LoadedModel, prefix: list[int], torch: Any) -> Any:
+    """The batch-1 KV cache of `prefix` (computed once, then served from the model's LRU store). Call under the lock."""
+    key = tuple(prefix)
+    store = loaded.prefix_cache
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    output = loaded.model(input_ids=torch.tensor([prefix], dtype=torch.long), use_cache=True)
+    cache = output.get("cache") if output.get("cache") is not None else output.get("past_key_values")
+    store[key] = cache
+    while len(store) > loaded.prefix_cache_entries:
+        store.popitem(last=False)
+    return cache
 
 
 class _Batcher:
@@ -286,7 +337,8 @@ class LocalEngine:
             config.top_k if temperature > 0 else None,
             config.seed,
         )
-        job = _Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key)
+        prefix_len = _system_prefix_len(loaded, messages, prompt_ids)
+        job = _Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key, prefix_len)
         self._batcher(loaded).queue.put(job)
         return job.future
 
@@ -318,13 +370,19 @@ class LocalEngine:
         from dspy.lm15 import Message, Response, Usage
 
         rows = len(jobs)
-        width = max(len(job.prompt_ids) for job in jobs)
+        # Layout [shared prefix | left padding | rest of the prompt]: the prefix KV is computed once and reused, the
+        # padding is masked out, and position ids (cumsum of the mask) continue the prefix positions in every row.
+        shared = _shared_prefix(jobs)
+        width = shared + max(len(job.prompt_ids) - shared for job in jobs)
         input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
         attention = torch.zeros((rows, width), dtype=torch.long)
+        if shared:
+            input_ids[:, :shared] = torch.tensor(jobs[0].prompt_ids[:shared], dtype=torch.long)
+            attention[:, :shared] = 1
         for row, job in enumerate(jobs):
-            n = len(job.prompt_ids)
-            input_ids[row, width - n :] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            attention[row, width - n :] = 1
+            rest = job.prompt_ids[shared:]
+            input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            attention[row, width - len(rest) :] = 1
         grammars = [job.grammar for job in jobs]
         processor = RowsProcessor(
             loaded.ll_tokenizer() if any(grammars) else None,
@@ -349,11 +407,17 @@ class LocalEngine:
             torch.manual_seed(int(seed))
         started = time.perf_counter()
         with loaded.lock, torch.inference_mode():
+            extra: dict[str, Any] = {}
+            if shared:
+                cache = copy.deepcopy(_prefix_kv(loaded, jobs[0].prompt_ids[:shared], torch))
+                cache.batch_repeat_interleave(rows)
+                extra[_cache_kwarg()] = cache
             output = loaded.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 generation_config=generation,
                 logits_processor=[processor],
+                **extra,
             )
         seconds = time.perf_counter() - started
         responses = []
@@ -389,6 +453,7 @@ class LocalEngine:
                 output_tokens=produced,
                 grammar_rows=sum(1 for g in grammars if g),
                 grammar_seconds=processor.grammar_seconds,
+                prefix_tokens=shared,
             )
         )
         return responses

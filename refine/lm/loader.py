@@ -9,6 +9,7 @@ Model strings understood by the in-process engine:
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -101,6 +102,9 @@ class LoadedModel:
         pad_id: id used for left padding.
         lock: held around each `generate()`, so engines with different batch settings never run the model at once.
         load_seconds: wall time of the load.
+        prefix_cache: KV caches of shared prompt prefixes (the system turn), keyed by their token ids; guarded by
+            `lock` and trimmed to `prefix_cache_entries` (least recently used first).
+        prefix_cache_entries: how many prefixes to keep (`$REFINE_PREFIX_CACHE`, default 8; 0 disables reuse).
     """
 
     source: ModelSource
@@ -111,6 +115,8 @@ class LoadedModel:
     pad_id: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float = 0.0
+    prefix_cache: collections.OrderedDict[tuple[int, ...], Any] = field(default_factory=collections.OrderedDict)
+    prefix_cache_entries: int = field(default_factory=lambda: int(os.environ.get("REFINE_PREFIX_CACHE", "8")))
     _ll_tokenizer: Any = None
     _ll_lock: threading.Lock = field(default_factory=threading.Lock)
 
