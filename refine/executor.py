@@ -368,6 +368,14 @@ class _ShardStore(RunStore):
     """
 
     def __init__(self, path: str, shard: str) -> None:
+        if not (Path(path) / "manifest.json").exists():
+            import socket
+
+            # Without this check the worker would start a new, private run on its own disk: silently lost work.
+            raise RunStoreError(
+                f"The run directory {path} is not visible on Ray node {socket.gethostname()}. With a multi-node "
+                "cluster put --out on a file system that every node mounts at the same path (NFS, Lustre, EFS)."
+            )
         super().__init__(path, shard=shard)
         self._offsets: dict[Path, int] = {}
         self.refresh()

@@ -323,3 +323,10 @@ class TestShardStore:
         shard.refresh()
         assert shard.has("slow")
         shard.close()
+
+    def test_a_run_directory_missing_on_a_worker_node_is_an_error(self, tmp_path):
+        from refine.executor import _ShardStore
+
+        with pytest.raises(RunStoreError, match=r"is not visible on Ray node .*mounts at the same path"):
+            _ShardStore(str(tmp_path / "elsewhere"), "w1")
+        assert not (tmp_path / "elsewhere").exists()
