@@ -52,7 +52,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from refine.errors import ConfigError, RefineError, RunStoreError
+from refine.errors import ConfigError, LMError, RefineError, RunStoreError
 from refine.store import RunStore
 
 __all__ = [
@@ -250,7 +250,12 @@ class WorkerLM:
             lm = _LM_CACHE.get(key)
             if lm is None:
                 factory = _resolve(self.factory) if isinstance(self.factory, str) else self.factory
-                lm = factory(self.spec, **self.kwargs)
+                try:
+                    lm = factory(self.spec, **self.kwargs)
+                except RefineError:
+                    raise
+                except Exception as exc:  # a broken LM is the run's problem, not one item's
+                    raise LMError(f"Cannot build the LM {self.spec!r} with {self.factory!r}: {exc}") from exc
                 _LM_CACHE[key] = lm
         return lm
 
@@ -258,16 +263,16 @@ class WorkerLM:
         return f"WorkerLM({self.spec!r}, factory={self.factory!r})"
 
 
-def _lm_context(lm: WorkerLM | Any | None) -> contextlib.AbstractContextManager[Any]:
+def _lm_context(lm: Any) -> contextlib.AbstractContextManager[Any]:
     if lm is None:
         return contextlib.nullcontext()
     import dspy
 
-    return dspy.context(lm=lm.get() if isinstance(lm, WorkerLM) else lm)
+    return dspy.context(lm=lm)
 
 
 # ---------------------------------------------------------------------------------------------------------- items
-def _emits(out: Any) -> list[Emit]:
+def _emits(out: Any, item_key: str) -> list[Emit]:
     if out is None:
         raise TypeError("the work function returned None; return a list of Emit(kind, key, record) (may be empty)")
     result = []
@@ -281,6 +286,10 @@ def _emits(out: Any) -> list[Emit]:
         if not isinstance(e.key, str) or not e.key:
             raise TypeError(f"record key {e.key!r} must be a non-empty string")
         result.append(e)
+    keys = [e.key for e in result]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise TypeError(f"two records of item {item_key!r} share the key {dup!r}; give each record its own key")
     return result
 
 
@@ -291,9 +300,10 @@ def _process_item(
     if store.has(key):
         return ItemOutcome(key, "skipped", worker=worker)
     start = time.perf_counter()
+    the_lm = lm.get() if isinstance(lm, WorkerLM) else lm  # outside the try: a broken LM stops the run
     try:
-        with _lm_context(lm):
-            emitted = _emits(work(item))
+        with _lm_context(the_lm):
+            emitted = _emits(work(item), key)
     except RefineError as exc:
         if isinstance(exc, RunStoreError | ConfigError):
             raise  # the run itself is misconfigured or cannot write: stop instead of failing every item

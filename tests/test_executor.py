@@ -179,14 +179,16 @@ class TestLocal:
             "p001": ["not an emit"],
             "p002": [("bad kind!", "k", {})],
             "p003": [("ok", "", {})],
+            "p004": [("ok", "p004", {}), ("other", "p004", {})],
         }
-        s = run_items(make_items(4), lambda it: outputs[it["key"]], store=tmp_path / "r")
-        assert s.failed == 4
+        s = run_items(make_items(5), lambda it: outputs[it["key"]], store=tmp_path / "r")
+        assert s.failed == 5
         reasons = {e["item"]: e["error"] for e in RunStore.open_existing(tmp_path / "r").records("errors")}
         assert "returned None" in reasons["p000"]
         assert "yielded str" in reasons["p001"]
         assert "must be an identifier" in reasons["p002"]
         assert "non-empty string" in reasons["p003"]
+        assert "two records of item 'p004' share the key 'p004'" in reasons["p004"]
 
     def test_store_errors_stop_the_run(self, tmp_path):
         def work(item):
@@ -272,6 +274,16 @@ class TestWorkerLM:
     def test_bad_factories(self, factory, match):
         with pytest.raises(ConfigError, match=match):
             WorkerLM("x", factory=factory).get()
+
+    def test_a_factory_that_fails_stops_the_run(self, tmp_path):
+        from refine.errors import LMError
+
+        def broken(spec):
+            raise OSError("model file missing")
+
+        with pytest.raises(LMError, match=r"Cannot build the LM 'm' with .*: model file missing"):
+            run_items(make_items(3), synth_like_work, store=tmp_path / "r", lm=WorkerLM("m", factory=broken))
+        assert not list((tmp_path / "r").glob("errors*.jsonl"))
 
     def test_empty_spec(self):
         with pytest.raises(ConfigError, match="non-empty model spec"):
