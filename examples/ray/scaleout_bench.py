@@ -46,8 +46,12 @@ def lm_work(item: dict[str, Any]) -> list[Emit]:
 def synth_costs(n: int) -> dict[str, Any]:
     """The real AgentRefine synthesis path with the tests' scripted teacher at zero latency: calls per item, the
     client-side CPU per item (DSPy adapters, verification, run store), prompt sizes in tokens, verification cost."""
+    import sys
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the scripted teacher lives in tests/
     from refine.data import Trajectory
     from refine.lm import embedded_model_dir
     from refine.synth import SynthConfig, run_synth
