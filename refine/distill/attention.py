@@ -40,8 +40,18 @@ def varlen_kernel_available() -> bool:
     return torch.cuda.is_available() and _torch_varlen() is not None
 
 
+_PARAMS: dict[str, frozenset[str]] = {}
+
+
+def _varlen_params(fn: Any) -> frozenset[str]:
+    # The keyword set differs between torch 2.10/2.11 and later; inspected once, at registration (not under dynamo).
+    if "varlen" not in _PARAMS:
+        _PARAMS["varlen"] = frozenset(inspect.signature(fn).parameters)
+    return _PARAMS["varlen"]
+
+
 def _call_varlen(fn: Any, q: Any, k: Any, v: Any, cu: Any, max_len: int, scale: float | None) -> Any:
-    params = inspect.signature(fn).parameters
+    params = _varlen_params(fn)
     kwargs: dict[str, Any] = {"scale": scale}
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0)  # causal
@@ -117,6 +127,9 @@ def register_varlen_attention() -> str:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
 
+        fn = _torch_varlen()
+        if fn is not None:
+            _varlen_params(fn)
         AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention_forward)
         AttentionMaskInterface.register(VARLEN_ATTENTION, _varlen_mask)
         _REGISTERED = True

@@ -55,6 +55,7 @@ class DistillConfig(BaseModel):
         "(no padding compute). auto = on CUDA.",
     )
     optim: str = Field(default="auto", description="auto = adamw_torch_fused on CUDA, adamw_torch elsewhere.")
+    torch_compile: bool = Field(default=False, description="Compile the model with torch.compile (GPU; slow start).")
     logging_steps: int = Field(default=1, ge=1)
     save_loss_curve: bool = True
 

@@ -144,6 +144,7 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
         "dataset_kwargs": {"skip_prepare_dataset": False},
         "remove_unused_columns": False,
         "dataloader_drop_last": False,
+        "torch_compile": cfg.torch_compile,
         "optim": cfg.optim if cfg.optim != "auto" else ("adamw_torch_fused" if cuda else "adamw_torch"),
     }
     if "max_length" not in names and "max_seq_length" in names:
