@@ -217,19 +217,18 @@ class ProgramAgent(dspy.Module):
         self.act = dspy.Predict(PlayerAct)
         if lm is not None:
             self.act.set_lm(lm)
-        self.lm_ = lm
         self.adapter = adapter
         self.max_history = max_history
 
     @property
     def model(self) -> str:
-        lm = self.lm_ or dspy.settings.lm
+        lm = self.act.lm or dspy.settings.lm
         return str(getattr(lm, "model", "") or "")
 
     def forward(self, environment: str, goal: str, actions: str, history: str) -> dspy.Prediction:
         adapter = self.adapter
         if adapter is None:
-            lm = self.lm_ or dspy.settings.lm
+            lm = self.act.lm or dspy.settings.lm
             if lm is not None:
                 from refine.lm import default_adapter
 
