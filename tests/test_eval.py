@@ -221,3 +221,28 @@ def test_embedded_model_on_all_four_envs(tmp_path, monkeypatch):
     overall = res.summary["overall"]["base"]
     assert set(overall) >= {"success_rate", "progress_rate", "invalid_rate", "stuck_rate", "mean_steps"}
     assert 0.0 <= overall["progress_rate"] <= 1.0
+
+
+class TestResolveAgent:
+    def test_specs(self, tmp_path):
+        from refine.programs.agent import resolve_agent
+
+        chat = resolve_agent("chat")
+        assert isinstance(chat, ChatAgent) and chat.model == "embedded"
+        assert isinstance(resolve_agent("embedded"), ChatAgent)
+        prog = resolve_agent("program", lm="embedded")
+        assert isinstance(prog, ProgramAgent) and prog.model == "embedded"
+        assert isinstance(resolve_agent("tests.test_eval:scripted_agent"), ChatAgent)
+        with pytest.raises(ConfigError, match=r"Saved agent 'nope\.json' does not exist"):
+            resolve_agent("program:nope.json")
+        with pytest.raises(ConfigError, match=r"Cannot load agent factory 'tests\.test_eval:missing'"):
+            resolve_agent("tests.test_eval:missing")
+
+    def test_program_agent_state_round_trip(self, tmp_path):
+        from refine.programs.agent import resolve_agent
+
+        agent = ProgramAgent()
+        agent.act.signature = agent.act.signature.with_instructions("Always open doors first.")
+        agent.save(str(tmp_path / "agent.json"))
+        loaded = resolve_agent(f"program:{tmp_path / 'agent.json'}")
+        assert loaded.act.signature.instructions == "Always open doors first."
