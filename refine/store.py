@@ -33,8 +33,8 @@ __all__ = ["RunStore", "package_versions", "redact", "scrub_secrets"]
 
 # Whole name parts only: `max_tokens` / `prompt_tokens` are settings and usage counts, not secrets.
 _SECRET_KEY = re.compile(
-    r"(^|[_-])(api[_-]?key|(secret|access|private)[_-]?key|secret|token|password|passwd|authorization|bearer"
-    r"|credentials?)$",
+    r"(^|[_-])(api[_-]?key|(secret|access|private)[_-]?key|secret|token|password|passwd|passphrase|auth"
+    r"|authorization|bearer|credentials?)$",
     re.I,
 )
 _SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)

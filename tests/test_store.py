@@ -243,9 +243,12 @@ class TestSecrets:
             "n": [{"secret": "***"}],
             "OpenAI-API-Key": "***",
         }
-        assert redact({"max_tokens": 1, "tokens": 2, "keyword": "k", "secret_key": "s"}) == {
+        settings = {"max_tokens": 1, "tokens": 2, "keyword": "k", "secret_key": "s", "author": "a", "auth": "b"}
+        assert redact(settings) == {
             "max_tokens": 1,
             "tokens": 2,
             "keyword": "k",
             "secret_key": "***",
+            "author": "a",
+            "auth": "***",
         }
