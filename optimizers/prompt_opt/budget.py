@@ -16,7 +16,7 @@ Example:
     >>> try:
     ...     lm("again")
     ... except BudgetExhaustedError as exc:
-    ...     print(exc.args[0].split(";")[0])
+    ...     print(str(exc).split(".")[0])
     LM budget exhausted: 1/1 calls used
 """
 

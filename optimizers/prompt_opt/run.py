@@ -1,11 +1,13 @@
 """Run one prompt optimization of a refinement program with DSPy's own optimizers (BootstrapFewShot, MIPROv2,
 GEPA) under a hard LM budget: estimate, score the devset, compile, score again, save program + report.
 
-Example:
-    >>> from refine.optimizers import optimize            # doctest: +SKIP
-    >>> result = optimize("self_refine", method="gepa", preset="light", trainset="train.jsonl",
-    ...                   devset="dev.jsonl", lm="embedded", max_calls=2000, out="runs/opt")
-    >>> result.score_before, result.score_after, result.spend.calls
+Example (Python; the CLI is `refine optimize`)::
+
+    from refine.optimizers import optimize
+
+    result = optimize("self_refine", method="gepa", preset="light", trainset="train.jsonl",
+                      devset="dev.jsonl", lm="embedded", max_calls=2000, out="runs/opt")
+    print(result.score_before, result.score_after, result.spend.calls)
 """
 
 from __future__ import annotations
