@@ -224,3 +224,20 @@ def test_real_synthesis_survives_a_killed_worker(tmp_path, kill_dir):
     run_synth(cfg.model_copy(update={"lm": "py:tests.test_synth_support:make_lm"}), tmp_path / "local")
     assert _synth_sets(tmp_path / "ray") == _synth_sets(tmp_path / "local")
     assert all(n == 1 for n in raw_keys(tmp_path / "ray").values())
+
+
+def test_refine_synth_cli_with_the_ray_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from refine.cli.app import app
+
+    run = tmp_path / "run"
+    args = ["synth", "--n", "4", "--lm", "py:tests.test_synth_support:make_lm", "--out", str(run), "-q", "-w", "2"]
+    res = CliRunner().invoke(app, [*args, "--executor", "ray"])
+    assert res.exit_code == 0, res.output
+    keys = raw_keys(run)
+    assert len(keys) == 4 and all(n == 1 for n in keys.values())
+    assert _shards(run)  # written by Ray workers
+    res = CliRunner().invoke(app, [*args, "--executor", "local", "--ray-address", "auto", "--resume"])
+    assert res.exit_code != 0
+    assert "ray_address (--ray-address) only applies with executor='ray'" in str(res.exception)
