@@ -80,12 +80,17 @@ class EvalResult(BaseModel):
 
 
 def episode_specs(config: EvalConfig) -> list[dict[str, Any]]:
-    """The episodes of a config, interleaved across environments so parallel workers mix them."""
+    """The episodes of a config, grouped by environment and variant.
+
+    Grouping matters for speed: episodes that run at the same time then share one system prompt (instructions,
+    environment, actions), and the embedded engine computes that prefix's KV cache once for the whole batch instead
+    of once per row.
+    """
     variants = ["base", "perturbed"] if config.perturb else ["base"]
     specs = []
-    for i in range(config.episodes):
+    for env in config.envs:
         for variant in variants:
-            for env in config.envs:
+            for i in range(config.episodes):
                 specs.append(
                     {"key": f"{env}:{variant}:{i}", "env": env, "variant": variant, "index": i, "seed": config.seed + i}
                 )

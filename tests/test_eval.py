@@ -38,11 +38,11 @@ def toy_factory(name, perturbed):
 
 
 class TestSpecs:
-    def test_interleaved_and_seeded(self):
+    def test_grouped_by_env_and_variant_and_seeded(self):
         specs = episode_specs(EvalConfig(envs=["a", "b"], episodes=2, seed=5, perturb=True))
         assert [s["key"] for s in specs] == [
-            "a:base:0", "b:base:0", "a:perturbed:0", "b:perturbed:0",
-            "a:base:1", "b:base:1", "a:perturbed:1", "b:perturbed:1",
+            "a:base:0", "a:base:1", "a:perturbed:0", "a:perturbed:1",
+            "b:base:0", "b:base:1", "b:perturbed:0", "b:perturbed:1",
         ]  # fmt: skip
         assert {s["seed"] for s in specs if s["index"] == 1} == {6}
 
