@@ -1,9 +1,141 @@
-"""CLI commands of the distill area (being built; see the issue for this area)."""
+"""CLI command of the distill area: `refine distill DATA --out DIR` trains a student on turn-masked trajectories."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+__all__ = ["register", "show_masks"]
+
+
+def show_masks(data: str, base: str | None, n: int, ablation: str, max_length: int) -> None:
+    """Print the first `n` training rows with trained tokens highlighted (green) and masked tokens dimmed."""
+    from rich.console import Console
+    from rich.text import Text
+    from transformers import AutoTokenizer
+
+    from refine.distill.data import apply_ablation, load_rows
+    from refine.distill.labels import build_labels, render_mask
+    from refine.distill.trainer import resolve_base
+    from refine.errors import TrainingError
+
+    console = Console(highlight=False)
+    rows = apply_ablation(load_rows(data), ablation)
+    source = resolve_base(base)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot load the tokenizer of base model {source!r}: {exc}") from exc
+    for row in rows[:n]:
+        ex = build_labels(tok, row["messages"], max_length=max_length)
+        pairs = render_mask(tok, ex)
+        trained = sum(on for _, on in pairs)
+        console.rule(f"{row['id']}: {len(pairs)} tokens, {trained} trained ({trained / max(1, len(pairs)):.0%})")
+        text = Text()
+        for piece, on in pairs:
+            text.append(piece, style="bold green" if on else "dim")
+        console.print(text)
+    console.print("[bold green]green[/] = trained (labels = ids), [dim]dim[/] = masked (-100)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command("distill")
+    def distill_cmd(
+        data: str = typer.Argument(..., help="Run directory, messages JSONL, ShareGPT JSON or datasets folder."),
+        out: str | None = typer.Option(None, "--out", "-o", help="Output folder of the student checkpoint."),
+        base: str | None = typer.Option(
+            None, "--base", help="Base model folder (default: the embedded SmolLM2-135M-Instruct)."
+        ),
+        lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
+        merge: bool = typer.Option(False, "--merge", help="With --lora: save the adapters merged into the weights."),
+        max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps (-1: run --epochs)."),
+        epochs: float = typer.Option(3.0, "--epochs", help="Passes over the data when --max-steps is -1."),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 2e-5 full, 2e-4 LoRA)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Trajectories per device per micro-batch."),
+        grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+        max_length: int = typer.Option(2048, "--max-length", help="Tokens kept per trajectory."),
+        ablation: str = typer.Option("masked", "--ablation", help="masked | trained | no-refine."),
+        padding_free: str = typer.Option("auto", "--padding-free", help="auto (on with CUDA) | on | off."),
+        compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU, ~1.5 min start)."),
+        no_checkpointing: bool = typer.Option(
+            False, "--no-checkpointing", help="Keep activations (faster, more memory)."
+        ),
+        seed: int = typer.Option(0, "--seed"),
+        show: int = typer.Option(
+            0, "--show-masks", help="Print N examples with trained tokens highlighted, then exit."
+        ),
+    ) -> None:
+        """Distill trajectories into a student model with TRL (erroneous turns in context, masked from the loss)."""
+        from rich.console import Console
+
+        from refine.distill.config import ABLATIONS
+        from refine.errors import ConfigError
+
+        if ablation not in ABLATIONS:
+            raise ConfigError(f"--ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
+        pf_values = {"auto": "auto", "on": True, "off": False}
+        if padding_free not in pf_values:
+            raise ConfigError(f"--padding-free {padding_free!r} is not one of auto, on, off")
+        if show:
+            show_masks(data, base, show, ablation, max_length)
+            return
+        if out is None:
+            raise ConfigError("--out is required to train (the folder the student checkpoint is written to)")
+        if merge and not lora:
+            raise ConfigError("--merge only applies to --lora training")
+
+        from refine.distill.config import DistillConfig
+        from refine.distill.trainer import distill
+
+        cfg = DistillConfig(
+            out=Path(out),
+            base=base,
+            ablation=ablation,  # type: ignore[arg-type]
+            lora=lora,
+            merge_lora=merge,
+            max_steps=max_steps,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
+            padding_free=pf_values[padding_free],  # type: ignore[arg-type]
+            torch_compile=compile_model,
+            gradient_checkpointing=not no_checkpointing,
+            seed=seed,
+        )
+        console = Console()
+        result = _train_with_progress(console, data, cfg, distill)
+        console.print(
+            f"[bold green]student[/] {result.out}  steps {result.steps}  "
+            f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}  "
+            f"({result.stats['examples']} trajectories, {result.stats['trained_tokens']} trained tokens, "
+            f"{result.stats['train_seconds']} s)"
+            if result.losses
+            else f"[bold green]student[/] {result.out}  steps {result.steps}"
+        )
+        console.print(f"load it with refine.lm.get_lm({result.model_string!r})")
+
+
+def _train_with_progress(console, data, cfg, distill):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]distill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=None, loss="-")
+
+        def progress(step: int, total: int, logs: dict[str, float]) -> None:
+            loss = logs.get("loss")
+            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}" if loss is not None else "-")
+
+        return distill(data, cfg, progress=progress)

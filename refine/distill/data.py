@@ -40,29 +40,9 @@ def trajectory_to_row(traj: Any) -> dict[str, Any]:
     from refine.data import Trajectory
 
     t = traj if isinstance(traj, Trajectory) else Trajectory.model_validate(traj)
-    try:
-        from refine.export import trajectory_to_messages
-    except ImportError:  # the export module is optional at this layer; keep the format identical to it
-        trajectory_to_messages = _trajectory_to_messages
+    from refine.export import trajectory_to_messages
+
     return {"id": t.id, "messages": trajectory_to_messages(t), "provenance": t.provenance.model_dump(mode="json")}
-
-
-def _trajectory_to_messages(t: Any) -> list[dict[str, Any]]:
-    from refine.formats import format_assistant, format_first_user, format_system
-
-    t = t.mark_losses()
-    msgs: list[dict[str, Any]] = [
-        {"role": "system", "content": format_system(t.script.environment, t.script.describe_actions())},
-        {"role": "user", "content": format_first_user(t.script.goal, t.script.environment)},
-    ]
-    for turn in t.turns:
-        if turn.role == "player":
-            msgs.append(
-                {"role": "assistant", "content": format_assistant(turn.thought, turn.action or ""), "loss": turn.loss}
-            )
-        elif turn.observation is not None:
-            msgs.append({"role": "user", "content": f"Observation: {turn.observation.strip()}"})
-    return msgs
 
 
 def normalize_row(row: Mapping[str, Any], where: str = "row") -> dict[str, Any]:

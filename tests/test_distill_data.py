@@ -1,0 +1,150 @@
+"""Training rows: loading from run directories and exported datasets, and the paper's ablations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn
+from refine.distill.data import apply_ablation, load_rows, normalize_row
+from refine.errors import TrainingError
+
+MSGS = [
+    {"role": "system", "content": "sys"},
+    {"role": "user", "content": "obs 1"},
+    {"role": "assistant", "content": "Thought: a\nAction: bad", "loss": False},
+    {"role": "user", "content": "Observation: error"},
+    {"role": "assistant", "content": "Thought: b\nAction: bad again", "loss": False},
+    {"role": "user", "content": "Observation: error 2"},
+    {"role": "assistant", "content": "Thought: c\nAction: good"},
+    {"role": "user", "content": "Observation: ok"},
+    {"role": "assistant", "content": "Thought: d\nAction: finish"},
+]
+
+
+def traj(i=0):
+    script = Script(
+        environment="A kitchen with a table.",
+        tasks=["take the key"],
+        actions=[ActionSpec(name="take", pattern=r"^take (?P<o>\w+)$", parameters={"o": ["key"]})],
+    )
+    turns = [
+        Turn(role="player", thought="try", action="take spoon"),
+        Turn(role="dm", observation="No spoon here.", parameter_error=True),
+        Turn(role="player", thought="the key", action="take key"),
+        Turn(role="dm", observation="You take the key.", task_completed=True),
+    ]
+    return Trajectory(script=script, turns=turns, provenance=Provenance(persona=f"p{i}", models={"teacher": "t"}))
+
+
+class TestAblations:
+    def test_masked_is_identity(self):
+        assert apply_ablation([{"id": "x", "messages": MSGS}], "masked")[0]["messages"] == MSGS
+
+    def test_trained_trains_every_assistant_turn(self):
+        (row,) = apply_ablation([{"id": "x", "messages": MSGS}], "trained")
+        assert [m.get("loss") for m in row["messages"] if m["role"] == "assistant"] == [True] * 4
+        assert MSGS[2]["loss"] is False  # input untouched
+
+    def test_no_refine_drops_error_turns_and_their_feedback(self):
+        (row,) = apply_ablation([{"id": "x", "messages": MSGS}], "no-refine")
+        assert [m["content"] for m in row["messages"]] == [
+            "sys",
+            "obs 1",
+            "Thought: c\nAction: good",
+            "Observation: ok",
+            "Thought: d\nAction: finish",
+        ]
+
+    def test_unknown(self):
+        with pytest.raises(TrainingError, match="unknown ablation 'x'"):
+            apply_ablation([{"id": "x", "messages": MSGS}], "x")
+
+
+class TestLoadRows:
+    def test_messages_jsonl(self, tmp_path):
+        p = tmp_path / "d.jsonl"
+        p.write_text(json.dumps({"id": "a", "messages": MSGS, "provenance": {"persona": "p"}}) + "\n\n")
+        (row,) = load_rows(p)
+        assert row["id"] == "a" and row["messages"] == MSGS and row["provenance"] == {"persona": "p"}
+
+    def test_sharegpt_json_maps_speakers_and_loss(self, tmp_path):
+        p = tmp_path / "d.json"
+        conv = [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "obs"},
+            {"from": "gpt", "value": "Action: x", "loss": False},
+            {"from": "human", "value": "err"},
+            {"from": "gpt", "value": "Action: y"},
+        ]
+        p.write_text(json.dumps([{"conversations": conv}]))
+        (row,) = load_rows(p)
+        assert [(m["role"], m.get("loss")) for m in row["messages"]] == [
+            ("system", None),
+            ("user", None),
+            ("assistant", False),
+            ("user", None),
+            ("assistant", None),
+        ]
+        assert len(row["id"]) == 16  # content id when the row has none
+
+    def test_datasets_folder(self, tmp_path):
+        datasets = pytest.importorskip("datasets")
+        rows = [{"id": "a", "messages": MSGS[:3]}, {"id": "b", "messages": MSGS[:3]}]
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+        loaded = load_rows(tmp_path / "ds")
+        assert [r["id"] for r in loaded] == ["a", "b"]
+        assert loaded[0]["messages"][2] == {"role": "assistant", "content": MSGS[2]["content"], "loss": False}
+        # user turns never carry a loss key, even where the columnar format filled one in with None
+        assert "loss" not in loaded[0]["messages"][1]
+
+    def test_run_directory_uses_accepted_trajectories(self, tmp_path):
+        from refine.store import RunStore
+
+        store = RunStore(tmp_path / "run", {"what": "test"})
+        for i in range(2):
+            t = traj(i)
+            store.append("accepted", {"trajectory": t.model_dump(mode="json")}, key=f"k{i}")
+        store.append("rejected", {"trajectory": traj(9).model_dump(mode="json")}, key="rej")
+        store.close()
+        rows = load_rows(tmp_path / "run")
+        assert len(rows) == 2
+        assistant = [m for m in rows[0]["messages"] if m["role"] == "assistant"]
+        assert [m["loss"] for m in assistant] == [False, True]
+        assert assistant[1]["content"] == "Thought: the key\nAction: take key"
+        assert rows[0]["provenance"]["models"] == {"teacher": "t"}
+
+    def test_iterable_of_trajectory_dicts(self):
+        (row,) = load_rows([traj().model_dump(mode="json")])
+        assert row["messages"][0]["role"] == "system"
+
+    @pytest.mark.parametrize(
+        ("name", "content", "match"),
+        [
+            ("x.jsonl", '{"messages": []}\nnot json\n', r"x\.jsonl:2 is not valid JSON"),
+            ("x.jsonl", '{"text": "hi"}\n', r"x\.jsonl:1: no 'messages' or 'conversations' field"),
+            ("x.json", '{"a": 1}', "expected a JSON list of rows"),
+            ("x.json", '[{"conversations": [{"from": "bot", "value": "x"}]}]', "unknown ShareGPT speaker 'bot'"),
+            ("x.txt", "hello", "unknown data format"),
+        ],
+    )
+    def test_errors_name_the_file(self, tmp_path, name, content, match):
+        p = tmp_path / name
+        p.write_text(content)
+        with pytest.raises(TrainingError, match=match):
+            load_rows(p)
+
+    def test_missing_and_empty(self, tmp_path):
+        with pytest.raises(TrainingError, match="does not exist"):
+            load_rows(tmp_path / "nope")
+        (tmp_path / "e.jsonl").write_text("")
+        with pytest.raises(TrainingError, match="holds no training rows"):
+            load_rows(tmp_path / "e.jsonl")
+        (tmp_path / "empty_dir").mkdir()
+        with pytest.raises(TrainingError, match="neither a run directory"):
+            load_rows(tmp_path / "empty_dir")
+
+    def test_message_without_content(self):
+        with pytest.raises(TrainingError, match="row 3: every message needs 'role' and 'content'"):
+            normalize_row({"messages": [{"role": "user"}]}, "row 3")
