@@ -161,7 +161,10 @@ class Emit(NamedTuple):
 
 @dataclass
 class ItemOutcome:
-    """What happened to one item; `progress` callbacks receive these in the calling process."""
+    """What happened to one item; `progress` callbacks receive these in the calling process.
+
+    `info` holds the `outcome_fields` of the item's own record (e.g. `success`), for progress displays.
+    """
 
     key: str
     status: Literal["done", "skipped", "failed"]
@@ -169,6 +172,7 @@ class ItemOutcome:
     error: str | None = None
     seconds: float = 0.0
     worker: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -272,6 +276,12 @@ def _lm_context(lm: Any) -> contextlib.AbstractContextManager[Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- items
+class _Kinds(NamedTuple):
+    done: str
+    error: str
+    fields: tuple[str, ...] = ()
+
+
 def _emits(out: Any, item_key: str) -> list[Emit]:
     if out is None:
         raise TypeError("the work function returned None; return a list of Emit(kind, key, record) (may be empty)")
@@ -294,9 +304,9 @@ def _emits(out: Any, item_key: str) -> list[Emit]:
 
 
 def _process_item(
-    store: RunStore, key: str, item: Any, work: Callable[[Any], Any], lm: Any, kinds: tuple[str, str], worker: str
+    store: RunStore, key: str, item: Any, work: Callable[[Any], Any], lm: Any, kinds: _Kinds, worker: str
 ) -> ItemOutcome:
-    done_kind, error_kind = kinds
+    done_kind, error_kind, fields = kinds
     if store.has(key):
         return ItemOutcome(key, "skipped", worker=worker)
     start = time.perf_counter()
@@ -312,6 +322,11 @@ def _process_item(
         return _failed(store, key, exc, error_kind, worker, start)
     written: Counter[str] = Counter()
     final = [e for e in emitted if e.key == key]
+    info: dict[str, Any] = {}
+    if final and fields:
+        body = final[0].record
+        body = body if isinstance(body, Mapping) else getattr(body, "model_dump", dict)()
+        info = {f: body[f] for f in fields if f in body}
     for e in [e for e in emitted if e.key != key]:
         if store.append(e.kind, e.record, e.key):
             written[e.kind] += 1
@@ -321,7 +336,7 @@ def _process_item(
             written[final[0].kind] += 1
     elif store.append(done_kind, {"records": [e.key for e in emitted], "worker": worker}, key):
         written[done_kind] += 1
-    return ItemOutcome(key, "done", dict(written), seconds=time.perf_counter() - start, worker=worker)
+    return ItemOutcome(key, "done", dict(written), seconds=time.perf_counter() - start, worker=worker, info=info)
 
 
 def _failed(store: RunStore, key: str, exc: BaseException, error_kind: str, worker: str, start: float) -> ItemOutcome:
@@ -342,7 +357,7 @@ def _run_threads(
     work: Callable[[Any], Any],
     store: RunStore,
     lm: Any,
-    kinds: tuple[str, str],
+    kinds: _Kinds,
     threads: int,
     worker: str,
     on_outcome: Callable[[ItemOutcome], None],
@@ -427,7 +442,7 @@ def _worker_store(path: str) -> _ShardStore:
 
 
 def _ray_chunk(
-    path: str, pairs: list[tuple[str, Any]], payload: tuple[Any, Any], kinds: tuple[str, str], threads: int
+    path: str, pairs: list[tuple[str, Any]], payload: tuple[Any, Any], kinds: _Kinds, threads: int
 ) -> list[ItemOutcome]:
     """Body of one Ray task: process a chunk of (key, item) pairs through this worker's shard store."""
     work, lm = payload
@@ -450,7 +465,7 @@ def _run_ray(
     work: Callable[[Any], Any],
     store: RunStore,
     lm: Any,
-    kinds: tuple[str, str],
+    kinds: _Kinds,
     cfg: ExecutorConfig,
     on_outcome: Callable[[ItemOutcome], None],
 ) -> int:
@@ -538,6 +553,7 @@ def run_items(
     progress: Callable[[ItemOutcome], None] | None = None,
     done_kind: str = "items",
     error_kind: str = "errors",
+    outcome_fields: Iterable[str] = (),
     **options: Any,
 ) -> RunSummary:
     """Run `work` on every item whose key is not yet in the run store, locally or on Ray.
@@ -556,6 +572,8 @@ def run_items(
         progress: called in this process with each item's `ItemOutcome` (for progress bars and counters).
         done_kind: where the done-marker of an item goes when none of its records carries the item's key.
         error_kind: where failed attempts are recorded.
+        outcome_fields: fields of each item's own record copied into `ItemOutcome.info` (with Ray the progress
+            callback sees no records, only outcomes).
         **options: `ExecutorConfig` fields: workers, ray_address, threads_per_worker, chunk_size, max_retries.
 
     Returns:
@@ -608,7 +626,7 @@ def run_items(
             cfg.workers,
         )
         lost = 0
-        kinds = (done_kind, error_kind)
+        kinds = _Kinds(done_kind, error_kind, tuple(outcome_fields))
         if cfg.executor == "local":
             _run_threads(pending, work, run_store, lm, kinds, cfg.workers, "local", on_outcome)
         elif pending:

@@ -156,6 +156,17 @@ class TestLocal:
         assert sorted(o.key for o in seen) == [f"p{i:03d}" for i in range(5)]
         assert {o.status for o in seen} == {"done"} and threads == {caller}
 
+    def test_outcome_fields_carry_record_values_to_progress(self, tmp_path):
+        seen = {}
+        run_items(
+            make_items(3),
+            lambda it: [Emit("episodes", it["key"], {"success": it["seed"] == 1, "steps": 3})],
+            store=tmp_path / "r",
+            outcome_fields=("success", "absent"),
+            progress=lambda o: seen.update({o.key: o.info}),
+        )
+        assert seen == {"p000": {"success": False}, "p001": {"success": True}, "p002": {"success": False}}
+
     def test_callers_dspy_context_reaches_worker_threads(self, tmp_path):
         lm = fake_lm("ctx")
         with dspy.context(lm=lm):
