@@ -405,6 +405,18 @@ class _ShardStore(RunStore):
         self._offsets: dict[Path, int] = {}
         self.refresh()
 
+    def stale(self) -> bool:
+        """True when the run directory was deleted (and maybe made again) since this store opened it.
+
+        The store holds its shard's lock file open; once the directory is gone that file has no links left (a
+        check on inode numbers would not do: a new directory often gets the old inode back).
+        """
+        f = self._lockfile
+        try:
+            return f is None or os.fstat(f.fileno()).st_nlink == 0
+        except (OSError, ValueError):
+            return True
+
     def refresh(self) -> None:
         with self._lock:
             for p in self._files():
@@ -432,6 +444,11 @@ def _worker_store(path: str) -> _ShardStore:
 
     with _WORKER_STORES_LOCK:
         store = _WORKER_STORES.get(path)
+        if store is not None and store.stale():
+            # The run directory was deleted and made again since this (long-lived) worker opened it: the old
+            # descriptors point at unlinked files, and writing through them would silently lose records.
+            store.close()
+            store = None
         if store is None:
             # The Ray worker id is unique per process, so each process appends to its own shard files only.
             shard = "w" + ray.get_runtime_context().get_worker_id()[:16]

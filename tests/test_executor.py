@@ -353,3 +353,29 @@ class TestShardStore:
         with pytest.raises(RunStoreError, match=r"is not visible on Ray node .*mounts at the same path"):
             _ShardStore(str(tmp_path / "elsewhere"), "w1")
         assert not (tmp_path / "elsewhere").exists()
+
+    def test_a_worker_reopens_a_run_directory_that_was_made_again(self, tmp_path, monkeypatch):
+        import shutil
+        import types
+
+        import refine.executor as ex
+
+        fake_ray = types.SimpleNamespace(
+            get_runtime_context=lambda: types.SimpleNamespace(get_worker_id=lambda: "abcdef0123456789ffff")
+        )
+        monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
+        monkeypatch.setattr(ex, "_WORKER_STORES", {})
+        run = tmp_path / "run"
+        RunStore(run, config={}).close()
+        first = ex._worker_store(str(run))
+        assert ex._worker_store(str(run)) is first  # cached across tasks
+        first.append("accepted", {}, key="old")
+        assert not first.stale()
+        shutil.rmtree(run)  # while the worker keeps its store open: its descriptors now point at unlinked files
+        RunStore(run, config={}).close()
+        assert first.stale()
+        second = ex._worker_store(str(run))
+        assert second is not first and not second.has("old")
+        second.append("accepted", {}, key="new")
+        assert [r["key"] for r in RunStore.open_existing(run).records("accepted")] == ["new"]
+        second.close()
