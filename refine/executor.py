@@ -586,7 +586,8 @@ def run_items(
         lm: the DSPy LM set around each item: a `WorkerLM`, a model spec string (built in each process with
             `refine.lm.get_lm`), or (local only) an LM object. None keeps the caller's `dspy.settings.lm`
             (local only: Ray workers do not see the caller's settings).
-        progress: called in this process with each item's `ItemOutcome` (for progress bars and counters).
+        progress: called in this process with each item's `ItemOutcome` (for progress bars and counters); with
+            Ray the outcomes of a chunk arrive together when its task returns.
         done_kind: where the done-marker of an item goes when none of its records carries the item's key.
         error_kind: where failed attempts are recorded.
         outcome_fields: fields of each item's own record copied into `ItemOutcome.info` (with Ray the progress
