@@ -12,7 +12,14 @@ import pytest
 from refine.errors import ConfigError, LMError
 from refine.lm.adapter import GrammarChatAdapter, default_adapter, engine_accepts_grammar, react_tool_args
 from refine.lm.decoding import grammar_for_request
-from refine.lm.grammar import MAX_ABS_INT, GrammarBounds, bound_schema, bounds_for_budget, lark_for_signature
+from refine.lm.grammar import (
+    COMPACT_JSON,
+    MAX_ABS_INT,
+    GrammarBounds,
+    bound_schema,
+    bounds_for_budget,
+    lark_for_signature,
+)
 
 llguidance = pytest.importorskip("llguidance")
 
@@ -296,3 +303,22 @@ class TestGrammarForRequest:
         odd = SimpleNamespace(config=SimpleNamespace(response_format={"type": "text"}, extensions=None))
         with pytest.raises(LMError, match="Unsupported response_format type 'text'"):
             grammar_for_request(odd)
+
+
+class TestFreeFormObjects:
+    def test_dict_any_gets_bounded_values_and_size(self, ll_tokenizer):
+        from typing import Any
+
+        schema = bound_schema(pydantic.TypeAdapter(dict[str, Any]).json_schema(), max_string=5, max_items=2)
+        assert schema["maxProperties"] == 2
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=dict(COMPACT_JSON))
+        assert accepts(ll_tokenizer, grammar, '{"query": "abc", "n": 3}')
+        assert accepts(ll_tokenizer, grammar, '{"xs": [1, "a"]}')
+        assert not accepts(ll_tokenizer, grammar, '{"a": 1, "b": 2, "c": 3}'), "more keys than max_items"
+        assert not accepts(ll_tokenizer, grammar, '{"a": "abcdefgh"}'), "value longer than max_string"
+        assert not accepts(ll_tokenizer, grammar, '{"a": {"nested": 1}}'), "free values are scalars or lists"
+
+    def test_typed_dict_values_keep_their_type(self):
+        schema = bound_schema(pydantic.TypeAdapter(dict[str, int]).json_schema(), max_items=3)
+        assert schema["additionalProperties"]["type"] == "integer"
+        assert schema["maxProperties"] == 3

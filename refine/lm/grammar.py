@@ -60,9 +60,10 @@ def bound_schema(schema: dict[str, Any], max_string: int = 200, max_items: int =
 
     Strings without `maxLength`, `enum`, `const`, `pattern` or `format` get `maxLength=max_string`; arrays without
     `maxItems` get `maxItems=max_items` (raised to at least `minItems`), integers without a range get
-    +-`MAX_ABS_INT`; objects that declare properties get
-    `additionalProperties: false` unless they say otherwise. Nested schemas (`$defs`, `anyOf`, `items`, ...) are
-    bounded too. Existing bounds are kept even when larger.
+    +-`MAX_ABS_INT`; objects that declare properties get `additionalProperties: false` unless they say otherwise,
+    and free-form objects (`dict[str, Any]`) get `maxProperties=max_items` with values limited to bounded scalars or
+    short lists of them. Nested schemas (`$defs`, `anyOf`, `items`, ...) are bounded too. Existing bounds are kept
+    even when larger.
 
     Args:
         schema: a JSON schema (as produced by pydantic or DSPy's JSONAdapter); not modified.
@@ -105,7 +106,24 @@ def _bound(node: Any, max_string: int, max_items: int) -> Any:
         node["maxItems"] = max(max_items, int(node.get("minItems", 0)))
     if "properties" in node and "additionalProperties" not in node:
         node["additionalProperties"] = False
+    elif "object" in kinds and "properties" not in node:
+        # A free-form object (dict[str, Any], json_object): bound its size and make "any value" a bounded scalar or a
+        # short list of scalars, so the model cannot write one endless value.
+        if node.get("additionalProperties", True) is True:
+            node["additionalProperties"] = _any_value(max_string, max_items)
+        node.setdefault("maxProperties", max_items)
     return node
+
+
+def _any_value(max_string: int, max_items: int) -> dict[str, Any]:
+    scalars: list[dict[str, Any]] = [
+        {"type": "string", "maxLength": max_string},
+        {"type": "integer", "minimum": -MAX_ABS_INT, "maximum": MAX_ABS_INT},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+    return {"anyOf": [*scalars, {"type": "array", "items": {"anyOf": scalars}, "maxItems": max_items}]}
 
 
 def bounds_for_budget(signature: Any, max_tokens: int | None, base: GrammarBounds | None = None) -> GrammarBounds:
@@ -154,15 +172,9 @@ def _json_rule(annotation: Any, bounds: GrammarBounds) -> str:
         schema = pydantic.TypeAdapter(annotation).json_schema()
     except pydantic.PydanticUserError as exc:
         raise ConfigError(f"Cannot build a grammar for output type {annotation!r}: {exc}") from exc
-    if _is_dict_any(annotation):
-        schema = {"type": "object"}
     bounded = bound_schema(schema, bounds.max_string, bounds.max_items)
     bounded["x-guidance"] = COMPACT_JSON
     return "%json " + json.dumps(bounded)
-
-
-def _is_dict_any(annotation: Any) -> bool:
-    return get_origin(annotation) is dict or annotation is dict
 
 
 def _text_rule(max_text: int) -> str:
