@@ -37,6 +37,7 @@ def fake_engine(monkeypatch):
         tokenizer=_FakeTokenizer(),
         model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1000)),
         prefix_cache_entries=0,
+        tokenizer_lock=threading.Lock(),
     )
     monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: fake)
     calls: list[list] = []

@@ -319,9 +319,11 @@ class LocalEngine:
         config = request.config
         max_new = int(config.max_tokens or self.default_max_tokens)
         messages = _chat_messages(request)
-        prompt_ids = loaded.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+        with loaded.tokenizer_lock:
+            prompt_ids = loaded.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            prefix_len = _system_prefix_len(loaded, messages, prompt_ids)
         limit = getattr(loaded.model.config, "max_position_embeddings", None)
         if limit and len(prompt_ids) + max_new > limit:
             raise LMError(
@@ -337,7 +339,6 @@ class LocalEngine:
             config.top_k if temperature > 0 else None,
             config.seed,
         )
-        prefix_len = _system_prefix_len(loaded, messages, prompt_ids)
         job = _Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key, prefix_len)
         self._batcher(loaded).queue.put(job)
         return job.future
@@ -429,7 +430,8 @@ class LocalEngine:
                 if token in loaded.eos_ids:
                     tokens, finish = tokens[:index], "stop"
                     break
-            text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+            with loaded.tokenizer_lock:
+                text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
             stops = [text.find(s) for s in job.request.config.stop if s and s in text]
             if stops:
                 text, finish = text[: min(stops)], "stop"

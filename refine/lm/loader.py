@@ -101,6 +101,7 @@ class LoadedModel:
         eos_ids: token ids that end a generation.
         pad_id: id used for left padding.
         lock: held around each `generate()`, so engines with different batch settings never run the model at once.
+        tokenizer_lock: serializes tokenizer calls from caller threads (fast tokenizers are not re-entrant).
         load_seconds: wall time of the load.
         prefix_cache: KV caches of shared prompt prefixes (the system turn), keyed by their token ids; guarded by
             `lock` and trimmed to `prefix_cache_entries` (least recently used first).
@@ -114,6 +115,7 @@ class LoadedModel:
     eos_ids: tuple[int, ...]
     pad_id: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float = 0.0
     prefix_cache: collections.OrderedDict[tuple[int, ...], Any] = field(default_factory=collections.OrderedDict)
     prefix_cache_entries: int = field(default_factory=lambda: int(os.environ.get("REFINE_PREFIX_CACHE", "8")))
