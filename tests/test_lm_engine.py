@@ -304,3 +304,38 @@ class TestTinyModel:
 
         results = asyncio.run(run())
         assert len(results) == 3 and all(isinstance(r.answer, str) for r in results)
+
+
+def test_react_with_coupled_tool_grammar_calls_tools_with_valid_args(tiny_dir):
+    from refine.lm.adapter import react_tool_args
+
+    calls = []
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        calls.append((a, b))
+        return a + b
+
+    def lookup(term: str) -> str:
+        """Look a term up."""
+        calls.append(term)
+        return f"{term} is a thing"
+
+    react = dspy.ReAct("question -> answer", tools=[add, lookup], max_iters=3)
+    lm = get_lm(f"local/{tiny_dir}", cache=False, temperature=1.0, max_tokens=300)
+    adapter = GrammarChatAdapter(tool_args=react_tool_args(react))
+    with dspy.context(lm=lm, adapter=adapter):
+        results = react.batch(
+            [dspy.Example(question=f"q{i}").with_inputs("question") for i in range(4)],
+            num_threads=4,
+            disable_progress_bar=True,
+            max_errors=4,
+        )
+    assert all(r is not None and isinstance(r.answer, str) for r in results)
+    for result in results:
+        trajectory = result.trajectory
+        names = [trajectory[k] for k in trajectory if k.startswith("tool_name_")]
+        assert names and set(names) <= {"add", "lookup", "finish"}
+        for key in (k for k in trajectory if k.startswith("observation_")):
+            assert "Execution error" not in str(trajectory[key]), trajectory[key]
+    assert all(isinstance(c, str) or all(isinstance(x, int) for x in c) for c in calls)

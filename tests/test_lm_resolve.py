@@ -218,3 +218,29 @@ def test_cli_lm_check_unknown_folder_is_one_red_line(tmp_path):
     assert result.exit_code != 0
     assert isinstance(result.exception, LMError)
     assert "does not exist" in str(result.exception)
+
+
+def test_hf_model_offline_without_cache_is_a_clear_error(monkeypatch):
+    from refine.lm.loader import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LMError, match=r"Could not load model 'hf/no-such-org/no-such-model' from [^\n]*\. The hub is unreachable offline"):
+        load_model("hf/no-such-org/no-such-model")
+
+
+def test_torch_threads_setting(monkeypatch):
+    import torch
+
+    from refine.lm.loader import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("REFINE_TORCH_THREADS", "1")
+        assert set_torch_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("REFINE_TORCH_THREADS", "many")
+        with pytest.raises(LMError, match="REFINE_TORCH_THREADS must be a positive integer, got 'many'"):
+            set_torch_threads()
+        monkeypatch.delenv("REFINE_TORCH_THREADS")
+        assert set_torch_threads() == min(2, __import__("os").cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)

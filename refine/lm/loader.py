@@ -237,7 +237,8 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
                 if source.kind == "hf"
                 else ""
             )
-            raise LMError(f"Could not load model {model!r} from {source.location}: {exc}.{hint}") from exc
+            reason = " ".join(str(exc).split()).rstrip(".")
+            raise LMError(f"Could not load model {model!r} from {source.location}: {reason}.{hint}") from exc
         hf_model.eval()
         tokenizer.padding_side = "left"
         eos_ids = _eos_ids(hf_model, tokenizer)
