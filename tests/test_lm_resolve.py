@@ -224,7 +224,8 @@ def test_hf_model_offline_without_cache_is_a_clear_error(monkeypatch):
     from refine.lm.loader import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(LMError, match=r"Could not load model 'hf/no-such-org/no-such-model' from [^\n]*\. The hub is unreachable offline"):
+    pattern = r"Could not load model 'hf/no-such-org/no-such-model' from [^\n]*\. The hub is unreachable offline"
+    with pytest.raises(LMError, match=pattern):
         load_model("hf/no-such-org/no-such-model")
 
 
