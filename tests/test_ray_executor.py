@@ -142,6 +142,21 @@ def test_worker_dying_between_records_of_one_item(tmp_path):
     assert set(keys) == expected
 
 
+def test_local_run_resumed_on_ray(tmp_path):
+    items = make_items(10)
+    run = tmp_path / "run"
+    lm = WorkerLM("teacher", factory=fake_lm)
+    with RunStore(run, config={"n": 10}) as store:
+        run_items(items[:4], synth_like_work, store=store, lm=lm)
+    with RunStore(run, config={"n": 10}, resume=True) as store:
+        s = run_items(items, synth_like_work, store=store, lm=lm, executor="ray", workers=2, chunk_size=2)
+    assert (s.skipped, s.done, s.pending) == (4, 6, 0)
+    local = tmp_path / "local"
+    run_items(items, synth_like_work, store=local, lm=lm)
+    assert accepted_set(run) == accepted_set(local)
+    assert all(n == 1 for n in raw_keys(run).values())
+
+
 def test_task_lost_for_good_is_picked_up_on_resume(tmp_path):
     marker = tmp_path / "killed"
     run = tmp_path / "ray"
