@@ -63,7 +63,6 @@ __all__ = [
     "RayAddressOption",
     "RunSummary",
     "WorkerLM",
-    "WorkersOption",
     "run_items",
 ]
 
@@ -144,9 +143,6 @@ ExecutorOption = Annotated[
 RayAddressOption = Annotated[
     str | None,
     typer.Option("--ray-address", help="Ray cluster to join ('auto', 'ray://head:10001'); default: start one here."),
-]
-WorkersOption = Annotated[
-    int, typer.Option("--workers", "-w", min=1, help="Parallel workers (threads, or Ray tasks with --executor ray).")
 ]
 
 
