@@ -143,15 +143,18 @@ def bench_synth(port: int, items: int, workers: int) -> dict:
 
     lm = _lm(port)
     out = Path(tempfile.mkdtemp()) / "run"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     totals = run_synth(SynthConfig(n=items, lm="openai/fake-model", workers=workers), out, lm=lm)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    secs = [json.loads(line)["seconds"] for line in (out / "accepted.jsonl").open()]
     return {
         "items": items,
         "accepted": totals["accepted"],
         "lm_calls": totals["lm_calls"],
         "wall_s": round(wall, 3),
         "calls_per_s": round(totals["lm_calls"] / wall, 1),
+        "mean_item_s": round(sum(secs) / len(secs), 3),  # ideal: 2 calls x latency
+        "client_cpu_ms_per_item": round(cpu / items * 1000, 2),  # the GIL-bound share of the client
     }
 
 
