@@ -155,6 +155,7 @@ class SynthWork:
         self.min_refinements = min_refinements
         self._program: Any = None if isinstance(program, str) else program
         self._lock = threading.Lock()
+        self._hash: str | None = None
         self.tokens = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -166,6 +167,15 @@ class SynthWork:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    @property
+    def program_hash(self) -> str:
+        """Content hash of the program (wiring, instructions, demos), stamped on every trajectory's provenance."""
+        from refine.graph import program_hash
+
+        if self._hash is None:
+            self._hash = program_hash(self.program)
+        return self._hash
 
     @property
     def program(self) -> Any:
@@ -198,6 +208,7 @@ class SynthWork:
         usage = _usage_of(pred, counter) if pred is not None else _usage_of(None, counter)
         traj, attempts = self._trajectory(pred, item, error)
         traj.provenance.usage = usage
+        traj.provenance.program_hash = self.program_hash
         traj.provenance.seed = item["seed"]
         traj.provenance.persona = traj.provenance.persona or item["persona"]
         for role, model in list(traj.provenance.models.items()):
@@ -343,7 +354,6 @@ def run_synth(
     import dspy
 
     from refine.executor import WorkerLM, run_items
-    from refine.graph import program_hash
     from refine.personas import load_personas
     from refine.store import RunStore
 
@@ -355,7 +365,7 @@ def run_synth(
         raise ConfigError("With --executor ray the LM and the program are given as specs (config.lm, config.program).")
     the_lm = lm if lm is not None else resolve_lm(config.lm)
     worker_lm: Any = WorkerLM(config.lm, factory="refine.synth:resolve_lm") if executor == "ray" else the_lm
-    phash = program_hash(work.program)
+    phash = work.program_hash
     counts = {"accepted": 0, "rejected": 0, "failed": 0, "skipped": 0, "tokens": 0}
     lock = threading.Lock()
 

@@ -73,6 +73,7 @@ class TestRunSynth:
         assert all(r["trajectory"]["provenance"]["usage"]["fake/teacher"]["calls"] == r["lm_calls"] for r in acc + rej)
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "finished" and manifest["program_hash"]
+        assert {r["trajectory"]["provenance"]["program_hash"] for r in acc + rej} == {manifest["program_hash"]}
         t = manifest["totals"]
         assert t == totals
         assert (t["accepted"], t["rejected"], t["items_with_parse_failures"]) == (len(acc), len(rej), 0)
