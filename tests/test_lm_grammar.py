@@ -322,3 +322,14 @@ class TestFreeFormObjects:
         schema = bound_schema(pydantic.TypeAdapter(dict[str, int]).json_schema(), max_items=3)
         assert schema["additionalProperties"]["type"] == "integer"
         assert schema["maxProperties"] == 3
+
+
+def test_grammar_budget_falls_back_to_the_engine_default():
+    engine = _GrammarEngine()
+    engine.default_max_tokens = 120
+    lm = dspy.LM("embedded", engine=engine, cache=False)  # no max_tokens on the LM
+    with dspy.context(lm=lm, adapter=GrammarChatAdapter()):
+        dspy.Predict("question -> answer")(question="q")
+    cap = bounds_for_budget(dspy.Predict("question -> answer").signature, 120).max_text
+    assert cap < GrammarBounds().max_text
+    assert f"{{0,{cap - 1}}}" in engine.requests[0].config.extensions["metadata"]["lark"]

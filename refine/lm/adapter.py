@@ -86,7 +86,12 @@ class GrammarChatAdapter(dspy.ChatAdapter):
     def _with_grammar(self, lm: Any, lm_kwargs: dict[str, Any], signature: type[dspy.Signature]) -> dict[str, Any]:
         if not engine_accepts_grammar(lm):
             return lm_kwargs
-        max_tokens = lm_kwargs.get("max_tokens", getattr(lm, "kwargs", {}).get("max_tokens"))
+        # The budget the engine will actually apply: per call, else the LM's setting, else the engine's default.
+        max_tokens = (
+            lm_kwargs.get("max_tokens")
+            or getattr(lm, "kwargs", {}).get("max_tokens")
+            or getattr(lm.engine, "default_max_tokens", None)
+        )
         metadata = dict(lm_kwargs.get("metadata") or {})
         metadata[LARK_METADATA_KEY] = self.grammar(signature, max_tokens)
         return {**lm_kwargs, "metadata": metadata}
