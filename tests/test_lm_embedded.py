@@ -61,6 +61,8 @@ def test_typed_signature_parses_50_of_50_sampled_and_batched():
 def test_second_identical_call_is_served_by_the_cache(tmp_path):
     from refine.lm import configure_cache
 
+    saved_cache = dspy.cache
+
     configure_cache(tmp_path / "cache")
     try:
         lm = get_lm("embedded", max_tokens=96)
@@ -71,7 +73,7 @@ def test_second_identical_call_is_served_by_the_cache(tmp_path):
         assert len(lm.engine.batches) == before + 1, "the identical second call reached the engine"
         assert first.answer == second.answer
     finally:
-        configure_cache(None)
+        dspy.cache = saved_cache  # restore the session's cache for later tests
 
 
 def test_local_folder_serves_the_saved_checkpoint():

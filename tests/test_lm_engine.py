@@ -267,6 +267,8 @@ class TestTinyModel:
     def test_cache_answers_identical_calls_without_the_engine(self, tiny_dir, tmp_path):
         from refine.lm.resolve import configure_cache
 
+        saved_cache = dspy.cache
+
         configure_cache(tmp_path / "cache")
         try:
             lm = get_lm(f"local/{tiny_dir}", max_tokens=120)
@@ -280,7 +282,7 @@ class TestTinyModel:
             assert len(engine.batches) == after_first, "the second identical call reached the engine"
             assert first.answer == second.answer
         finally:
-            configure_cache(None)
+            dspy.cache = saved_cache  # restore the session's cache for later tests
 
     def test_save_and_load_program_with_its_lm(self, tiny_dir, tmp_path):
         lm = get_lm(f"local/{tiny_dir}", cache=False, max_tokens=64)

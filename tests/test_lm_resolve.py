@@ -71,12 +71,13 @@ class TestGetLm:
             dspy.configure(lm=None, adapter=None)
 
     def test_configure_cache_directory(self, tmp_path):
+        saved_cache = dspy.cache
         configure_cache(tmp_path / "c")
         try:
             assert (tmp_path / "c").is_dir()
             assert str(tmp_path / "c") in str(dspy.cache.disk_cache.directory)
         finally:
-            configure_cache(None)
+            dspy.cache = saved_cache  # restore the session's cache for later tests
 
 
 class TestEmbeddedConversion:
