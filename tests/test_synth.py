@@ -159,3 +159,16 @@ class TestCli:
 def test_interactive_program_is_refused_with_a_fix(tmp_path):
     with pytest.raises(ConfigError, match="starts from a script or an environment"):
         run_synth(SynthConfig(n=1, lm=FAKE, program="interactive"), tmp_path / "r")
+
+
+def test_remote_lms_get_a_chat_adapter_that_formats_each_signature_once():
+    import dspy
+    from refine.signatures import GenerateScript, PlayTrajectory
+
+    from refine.synth import _adapter_for
+
+    a = _adapter_for(ScriptedLM(teacher_respond))
+    assert isinstance(a, dspy.ChatAdapter) and a.use_json_adapter_fallback
+    for sig in (GenerateScript, PlayTrajectory, GenerateScript.with_instructions("other")):
+        assert a.format_system_message(sig) == dspy.ChatAdapter().format_system_message(sig)
+        assert a.format_field_structure(sig) is _adapter_for(ScriptedLM(teacher_respond)).format_field_structure(sig)
