@@ -243,3 +243,26 @@ def test_env_cache_env_var(monkeypatch, tmp_path):
 
     monkeypatch.setenv("REFINE_CACHE", os.fspath(tmp_path))
     assert game_cache_dir() == tmp_path / "textworld"
+
+
+@needs["scienceworld"]
+def test_scienceworld_jvm_gets_lean_options_and_env_is_restored(monkeypatch):
+    import scienceworld as sw
+
+    from refine.envs import scienceworld
+
+    seen = []
+
+    class FakeSW:
+        def __init__(self, task, envStepLimit):  # noqa: N803 - scienceworld's own keyword
+            seen.append(os.environ.get("JAVA_TOOL_OPTIONS"))
+
+    monkeypatch.setattr(sw, "ScienceWorldEnv", FakeSW)
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dmine=1")
+    scienceworld.ScienceWorldEnv()
+    scienceworld.ScienceWorldEnv(jvm_options="")
+    assert seen == [f"-Dmine=1 {scienceworld.DEFAULT_JVM_OPTIONS}", "-Dmine=1"]
+    assert os.environ["JAVA_TOOL_OPTIONS"] == "-Dmine=1"
+    monkeypatch.delenv("JAVA_TOOL_OPTIONS")
+    scienceworld.ScienceWorldEnv()
+    assert seen[-1] == scienceworld.DEFAULT_JVM_OPTIONS and "JAVA_TOOL_OPTIONS" not in os.environ

@@ -8,16 +8,18 @@ ambiguous command is resolved to its first reading, as AgentBoard does.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import threading
 from typing import Any, Literal
 
 from refine.envs._common import normalize_action, require
 from refine.envs.base import DEFAULT_MAX_STEPS, EnvObservation, EnvStep
 from refine.errors import EnvError
 
-__all__ = ["ACTION_TEMPLATES", "DEFAULT_TASKS", "ScienceWorldEnv", "check_java"]
+__all__ = ["ACTION_TEMPLATES", "DEFAULT_JVM_OPTIONS", "DEFAULT_TASKS", "ScienceWorldEnv", "check_java"]
 
 Split = Literal["train", "dev", "test"]
 
@@ -70,7 +72,12 @@ DESCRIPTION = (
     "with <obj> replaced by an object you have seen."
 )
 
+# A lean JVM: one GC thread, C1-only JIT, sized for one core. The default JVM starts many compiler and GC threads,
+# and with several evaluation workers (one JVM each) they take the CPU that batched LM inference needs.
+DEFAULT_JVM_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:ActiveProcessorCount=1"
+
 _NO_MATCH = "No known action matches that input."
+_JVM_LOCK = threading.Lock()
 _AMBIGUOUS = re.compile(r"^Ambiguous request", re.I)
 
 
@@ -99,6 +106,7 @@ class ScienceWorldEnv:
         split: Which variations `reset` draws from: "test" (default for evaluation), "dev" or "train".
         simplification: ScienceWorld simplification string ("easy" opens doors, allows teleport, ...).
         tasks: Task names used when `reset(task=None)`.
+        jvm_options: JVM flags for this adapter's JVM (given through JAVA_TOOL_OPTIONS at start-up); "" for none.
 
     `reset(task, seed)` loads variation number `seed % len(variations of split)` of the task.
     """
@@ -112,6 +120,7 @@ class ScienceWorldEnv:
         split: Split = "test",
         simplification: str = "easy",
         tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
+        jvm_options: str = DEFAULT_JVM_OPTIONS,
     ) -> None:
         if split not in ("train", "dev", "test"):
             raise EnvError(f"ScienceWorld split must be 'train', 'dev' or 'test', not {split!r}.")
@@ -121,10 +130,22 @@ class ScienceWorldEnv:
         self.tasks = tuple(tasks)
         sw = require("scienceworld", "scienceworld")
         check_java()
-        try:
-            self._env: Any = sw.ScienceWorldEnv("", envStepLimit=max(100, max_steps * 2))
-        except Exception as exc:  # py4j/JVM start-up failures have many types
-            raise EnvError(f"Could not start ScienceWorld's JVM ({exc}). Check `java -version` (Java 11+).") from exc
+        # scienceworld launches the JVM itself without a way to pass flags; the JVM reads JAVA_TOOL_OPTIONS.
+        with _JVM_LOCK:
+            previous = os.environ.get("JAVA_TOOL_OPTIONS")
+            if jvm_options:
+                os.environ["JAVA_TOOL_OPTIONS"] = f"{previous} {jvm_options}" if previous else jvm_options
+            try:
+                self._env: Any = sw.ScienceWorldEnv("", envStepLimit=max(100, max_steps * 2))
+            except Exception as exc:  # py4j/JVM start-up failures have many types
+                raise EnvError(
+                    f"Could not start ScienceWorld's JVM ({exc}). Check `java -version` (Java 11+)."
+                ) from exc
+            finally:
+                if previous is None:
+                    os.environ.pop("JAVA_TOOL_OPTIONS", None)
+                else:
+                    os.environ["JAVA_TOOL_OPTIONS"] = previous
         self._steps = 0
         self._done = True
         self._best = 0.0
