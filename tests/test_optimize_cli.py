@@ -159,3 +159,39 @@ def test_error_is_one_red_line_and_exit_1(tmp_path):
         f"Error: Dataset file '{tmp_path / 'missing.jsonl'}' does not exist. "
         "Pass a JSONL file with one example per line."
     ]
+
+
+def test_optimized_agentrefine_runs_in_refine_synth(tmp_path):
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("\n".join(json.dumps({"persona": f"persona number {i}"}) for i in range(4)) + "\n")
+    teacher = "py:tests.test_synth_support:make_lm"
+    out = tmp_path / "opt"
+    res = _run("agentrefine", "--trainset", str(personas), "--lm", teacher, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "--program",
+            str(out),
+            "--lm",
+            teacher,
+            "--personas",
+            str(personas),
+            "-n",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        catch_exceptions=True,
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    records = [json.loads(line) for p in (tmp_path / "run").rglob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(records) == 2
+    from refine.graph import program_hash
+    from refine.programs_registry import load_graph
+
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["program_hash"] == program_hash(load_optimized(out))  # the optimized program ran
+    assert manifest["program_hash"] != program_hash(load_graph("agentrefine").compile())
