@@ -321,3 +321,14 @@ class TestSettings:
     def test_mlflow_absent_is_skipped_by_default(self):
         res = optimize("self_refine", trainset=TRAIN, lm=make_lm(), max_calls=12)
         assert res.score_before == pytest.approx(0.5)
+
+    def test_rows_may_set_fields_with_defaults(self):
+        from refine.programs.interactive import build_graph as interactive_graph
+
+        from refine.envs.base import ToyEnv
+
+        # The interactive program has no required inputs; `seed` (env mode) or `script` (DM mode) have defaults.
+        res = optimize(interactive_graph(ToyEnv), trainset=[{"seed": 1}, {"seed": 2}], lm=make_lm(), dry_run=True)
+        assert res.status == "dry_run"
+        with pytest.raises(ConfigError, match=r"none of the program's inputs \['seed', 'script'"):
+            optimize(interactive_graph(ToyEnv), trainset=[{"persona": "x"}], lm=make_lm(), dry_run=True)

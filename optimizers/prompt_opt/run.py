@@ -117,7 +117,9 @@ def _prepare_program(program: Any, cfg: OptimizeConfig) -> tuple[dspy.Module, tu
             f"Program {cfg.program or type(module).__name__} has no DSPy predictors, so there is nothing to optimize."
         )
     if isinstance(module, GraphModule):
-        return module, module.graph.inputs, module.graph.outputs
+        # Rows may also set fields that have defaults (e.g. `seed`/`script` of the interactive program).
+        g = module.graph
+        return module, (*g.inputs, *(k for k in g.defaults if k not in g.inputs)), g.outputs
     preds = module.predictors()
     return module, tuple(preds[0].signature.input_fields), None
 
