@@ -333,3 +333,23 @@ def test_grammar_budget_falls_back_to_the_engine_default():
     cap = bounds_for_budget(dspy.Predict("question -> answer").signature, 120).max_text
     assert cap < GrammarBounds().max_text
     assert f"{{0,{cap - 1}}}" in engine.requests[0].config.extensions["metadata"]["lark"]
+
+
+def test_format_reminder_only_without_grammar():
+    reminder = "Respond with the corresponding output fields"
+
+    def last_user_text(engine):
+        return engine.requests[-1].messages[-1].text
+
+    grammar_engine, plain_engine = _GrammarEngine(), _PlainEngine()
+    adapter = GrammarChatAdapter()
+    with dspy.context(adapter=adapter):
+        dspy.Predict("question -> answer")(question="q", lm=dspy.LM("embedded", engine=grammar_engine, cache=False))
+        dspy.Predict("question -> answer")(question="q", lm=dspy.LM("openai/x", engine=plain_engine, cache=False))
+    assert reminder not in last_user_text(grammar_engine), "the grammar makes the reminder redundant"
+    assert reminder in last_user_text(plain_engine), "without a grammar the model needs the reminder"
+    assert adapter._reminder is True, "the shared adapter must not be changed by a call"
+    forced = GrammarChatAdapter(format_reminder=True)
+    with dspy.context(adapter=forced):
+        dspy.Predict("question -> answer")(question="q", lm=dspy.LM("embedded", engine=grammar_engine, cache=False))
+    assert reminder in last_user_text(grammar_engine)
