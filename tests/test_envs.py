@@ -199,7 +199,7 @@ class TestTextWorld:
 
 @pytest.fixture(scope="module")
 def sw_env():
-    env = make_env("scienceworld")
+    env = make_env("scienceworld", gold=True)
     yield env
     env.close()
 

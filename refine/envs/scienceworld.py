@@ -107,6 +107,7 @@ class ScienceWorldEnv:
         simplification: ScienceWorld simplification string ("easy" opens doors, allows teleport, ...).
         tasks: Task names used when `reset(task=None)`.
         jvm_options: JVM flags for this adapter's JVM (given through JAVA_TOOL_OPTIONS at start-up); "" for none.
+        gold: Compute each episode's gold action sequence at reset (`gold_path`; costs JVM time, off for evaluation).
 
     `reset(task, seed)` loads variation number `seed % len(variations of split)` of the task.
     """
@@ -121,12 +122,14 @@ class ScienceWorldEnv:
         simplification: str = "easy",
         tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
         jvm_options: str = DEFAULT_JVM_OPTIONS,
+        gold: bool = False,
     ) -> None:
         if split not in ("train", "dev", "test"):
             raise EnvError(f"ScienceWorld split must be 'train', 'dev' or 'test', not {split!r}.")
         self.max_steps = max_steps
         self.split: Split = split
         self.simplification = simplification
+        self.gold = gold
         self.tasks = tuple(tasks)
         sw = require("scienceworld", "scienceworld")
         check_java()
@@ -177,10 +180,10 @@ class ScienceWorldEnv:
         if not variations:
             raise EnvError(f"ScienceWorld task {task!r} has no {self.split} variations.")
         variation = variations[seed % len(variations)]
-        self._load(task, variation, gold=True)
+        self._load(task, variation, gold=self.gold)
         obs, info = self._env.reset()
         self.task, self.variation = task, variation
-        gold = self._env.get_gold_action_sequence()
+        gold = self._env.get_gold_action_sequence() if self.gold else []
         self.gold_path = list(gold) if isinstance(gold, list | tuple) else []
         self._steps, self._done = 0, False
         self._best = max(0.0, float(info.get("score", 0))) / 100.0
