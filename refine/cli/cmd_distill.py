@@ -107,7 +107,10 @@ def register(app: typer.Typer) -> None:
             gradient_checkpointing=not no_checkpointing,
             seed=seed,
         )
-        console = Console()
+        import os
+
+        # under accelerate/torchrun every rank runs this command: only the first one reports
+        console = Console(quiet=os.environ.get("RANK", "0") != "0")
         result = _train_with_progress(console, data, cfg, distill)
         console.print(
             f"[bold green]student[/] {result.out}  steps {result.steps}  "

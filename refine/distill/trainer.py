@@ -244,19 +244,23 @@ def make_trainer(
 
 def _save(trainer: Any, tokenizer: Any, cfg: DistillConfig, base: str) -> None:
     out = cfg.out
-    model = trainer.model
-    if cfg.lora and cfg.merge_lora:
-        model = model.merge_and_unload()
-    if hasattr(model, "set_attn_implementation"):
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(unwrapped, "set_attn_implementation"):
         try:  # a reloaded student should not depend on our registered attention
-            model.set_attn_implementation("sdpa")
+            unwrapped.set_attn_implementation("sdpa")
         except Exception:  # only cosmetic for the saved config
             logger.debug("could not reset attention implementation before saving", exc_info=True)
+    if cfg.lora and cfg.merge_lora:
+        if trainer.accelerator.is_main_process:
+            unwrapped.merge_and_unload().save_pretrained(out)
+    else:
+        # every rank takes part: FSDP/DeepSpeed gather the sharded weights, only the main process writes
+        trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
-        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         if cfg.lora and not cfg.merge_lora:
             (out / "refine_base_model.txt").write_text(base, encoding="utf-8")
+    trainer.accelerator.wait_for_everyone()
 
 
 def distill(
