@@ -229,3 +229,16 @@ def test_custom_program_example_runs_offline():
         "check",
     ]
     assert out.action == "take kettle" and out.agrees and out.problems == []
+
+
+@pytest.mark.slow
+def test_embedded_model_acts_without_parse_failures():
+    """The real embedded model (SmolLM2-135M under the ChatAdapter grammar) fills PlayerAct: no parse failure."""
+    from refine.lm import default_adapter, get_lm
+
+    lm = get_lm("embedded", max_tokens=512)
+    with dspy.context(lm=lm, adapter=default_adapter(lm)):
+        out = InteractiveRefine(env=ToyEnv, max_steps=1)(seed=0)
+    assert out.verdict.stage == "trajectory", out.verdict.reasons
+    [turn] = out.trajectory.player_turns()
+    assert turn.action and out.trajectory.turns[1].observation
