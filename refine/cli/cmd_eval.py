@@ -75,19 +75,9 @@ def eval_cmd(
         result = evaluate(the_agent, config, out, resume=resume, on_episode=on_episode)
     summary = result.summary
     table = Table(title=f"refine eval: {config.model}" + (f" -> {out}" if out else ""))
-    for col in (
-        "env",
-        "split",
-        "actions",
-        "episodes",
-        "success %",
-        "progress %",
-        "invalid %",
-        "stuck %",
-        "steps",
-        "tokens",
-    ):
-        table.add_column(col, justify="left" if col in ("env", "split", "actions") else "right")
+    # Short headers: the table must stay readable in an 80-column terminal.
+    for col in ("env", "split", "actions", "n", "succ%", "prog%", "inv%", "stuck%", "steps", "tokens"):
+        table.add_column(col, justify="left" if col in ("env", "split", "actions") else "right", no_wrap=True)
     rows = [(env, e) for env, e in summary["envs"].items()] + [("overall", summary["overall"])]
     for name, entry in rows:
         for variant in summary["variants"]:
@@ -105,7 +95,7 @@ def eval_cmd(
                 f"{100 * m['invalid_rate']:.1f}",
                 f"{100 * m['stuck_rate']:.1f}",
                 f"{m['mean_steps']:.1f}",
-                f"{m['prompt_tokens'] + m['completion_tokens']:,}",
+                f"{m['prompt_tokens'] + m['completion_tokens']}",
             )
     Console().print(table)
     drop = summary["overall"].get("drop")
