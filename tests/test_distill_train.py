@@ -91,6 +91,24 @@ def test_trainer_batches_keep_our_labels(tmp_path):
     assert stats["examples"] == 3 and 0.5 < stats["masked_fraction"] < 1
 
 
+def test_packing_keeps_labels_and_document_boundaries(tmp_path):
+    tok = make_tiny_tokenizer()
+    model = make_tiny_model(tok)
+    model.set_attn_implementation(register_varlen_attention())
+    examples, _ = tokenize_rows(tok, rows(6), max_length=4096)
+    length = len(examples[0]["input_ids"])
+    cfg = DistillConfig(out=tmp_path, batch_size=1, max_steps=1, packing=True, max_length=3 * length)
+    assert sft_config_kwargs(cfg, cuda=False, bf16=False, padding_free=True)["max_length"] == 3 * length
+    trainer = make_trainer(model, tok, examples, cfg, padding_free=True, bf16=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape == (1, 3 * length)  # three trajectories in one row, no padding
+    assert batch["position_ids"][0].tolist() == list(range(length)) * 3
+    assert batch["cu_seq_lens_q"].tolist() == [0, length, 2 * length, 3 * length]
+    labels = batch["labels"][0].tolist()
+    for k in range(3):  # each document keeps exactly its own labels
+        assert labels[k * length : (k + 1) * length] in [ex["labels"] for ex in examples]
+
+
 def test_rows_without_trained_tokens_are_refused():
     tok = make_tiny_tokenizer()
     r = rows(1)

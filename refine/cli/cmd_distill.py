@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(2048, "--max-length", help="Tokens kept per trajectory."),
         ablation: str = typer.Option("masked", "--ablation", help="masked | trained | no-refine."),
         padding_free: str = typer.Option("auto", "--padding-free", help="auto (on with CUDA) | on | off."),
+        packing: bool = typer.Option(
+            False, "--packing", help="Pack trajectories into --max-length rows (best-fit decreasing)."
+        ),
         compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU, ~1.5 min start)."),
         no_checkpointing: bool = typer.Option(
             False, "--no-checkpointing", help="Keep activations (faster, more memory)."
@@ -104,6 +107,7 @@ def register(app: typer.Typer) -> None:
             max_length=max_length,
             padding_free=pf_values[padding_free],  # type: ignore[arg-type]
             torch_compile=compile_model,
+            packing=packing,
             gradient_checkpointing=not no_checkpointing,
             seed=seed,
         )

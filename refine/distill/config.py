@@ -54,6 +54,11 @@ class DistillConfig(BaseModel):
         description="Flatten each micro-batch into one row with per-document positions and varlen attention "
         "(no padding compute). auto = on CUDA.",
     )
+    packing: bool = Field(
+        default=False,
+        description="Pack trajectories into rows of max_length tokens (best-fit decreasing, never split); "
+        "batch_size then counts packed rows. Implies padding-free attention.",
+    )
     optim: str = Field(default="auto", description="auto = adamw_torch_fused on CUDA, adamw_torch elsewhere.")
     torch_compile: bool = Field(default=False, description="Compile the model with torch.compile (GPU; slow start).")
     logging_steps: int = Field(default=1, ge=1)

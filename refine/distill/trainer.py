@@ -147,6 +147,8 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
         "torch_compile": cfg.torch_compile,
         "optim": cfg.optim if cfg.optim != "auto" else ("adamw_torch_fused" if cuda else "adamw_torch"),
     }
+    if cfg.packing:
+        kw.update(packing=True, packing_strategy="bfd", padding_free=True, max_length=cfg.max_length)
     if "max_length" not in names and "max_seq_length" in names:
         kw["max_seq_length"] = kw.pop("max_length")
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -299,6 +301,7 @@ def distill(
     if bf16 and not cuda and config.bf16 == "auto":
         bf16 = False
     padding_free = cuda if config.padding_free == "auto" else bool(config.padding_free)
+    padding_free = padding_free or config.packing
     model, tok = load_base(base, bf16=bf16, padding_free=padding_free)
     examples, stats = tokenize_rows(tok, rows, config.max_length)
     config.out.mkdir(parents=True, exist_ok=True)
