@@ -348,7 +348,11 @@ def test_format_reminder_only_without_grammar():
         dspy.Predict("question -> answer")(question="q", lm=dspy.LM("openai/x", engine=plain_engine, cache=False))
     assert reminder not in last_user_text(grammar_engine), "the grammar makes the reminder redundant"
     assert reminder in last_user_text(plain_engine), "without a grammar the model needs the reminder"
-    assert adapter._reminder is True, "the shared adapter must not be changed by a call"
+    assert adapter._reminder is False, "the shared adapter must not be changed by a call"
+    rows = adapter.format_finetune_data(
+        dspy.Predict("question -> answer").signature, [], {"question": "q"}, {"answer": "a"}
+    )
+    assert reminder not in rows["messages"][-2]["content"], "SFT rows match what the local engine is sent"
     forced = GrammarChatAdapter(format_reminder=True)
     with dspy.context(adapter=forced):
         dspy.Predict("question -> answer")(question="q", lm=dspy.LM("embedded", engine=grammar_engine, cache=False))

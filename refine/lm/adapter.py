@@ -60,7 +60,8 @@ class GrammarChatAdapter(dspy.ChatAdapter):
         tool_args: tool name -> argument schema, for ReAct predictors (see `react_tool_args`).
         format_reminder: whether the last user message repeats the output format ("Respond with the corresponding
             output fields, starting with ..."). None (default): only when the LM does not enforce the grammar; with
-            the grammar the reminder is redundant, and leaving it out saves ~100+ prompt tokens per call.
+            the grammar the reminder is redundant, and leaving it out saves ~100 prompt tokens per call. Formatting
+            outside a call (`format_finetune_data`) leaves it out too, matching what a locally served student sees.
         **kwargs: passed to `dspy.ChatAdapter` (callbacks, ...).
 
     Example:
@@ -83,7 +84,9 @@ class GrammarChatAdapter(dspy.ChatAdapter):
         self.bounds = bounds or GrammarBounds()
         self.tool_args = tool_args
         self.format_reminder = format_reminder
-        self._reminder = format_reminder is not False
+        # Outside a call (e.g. `format_finetune_data` for a student that will be served by the local engine) the
+        # prompt is formatted as the grammar engine will see it: without the reminder, unless asked for.
+        self._reminder = format_reminder is True
 
     def user_message_output_requirements(self, signature: type[dspy.Signature]) -> str | None:
         """ChatAdapter's output-format reminder, or None when it is switched off (see `format_reminder`)."""
