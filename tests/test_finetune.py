@@ -107,7 +107,6 @@ class TestTRLProvider:
         teacher = dspy.Predict("question -> answer")
         teacher.set_lm(ScriptedLM(lambda fields, inputs, messages: {"answer": inputs["question"].upper()}))
         trainset = [dspy.Example(question=f"q{i}", answer=f"Q{i}").with_inputs("question") for i in range(4)]
-        dspy.settings.experimental = True
         ft = dspy.BootstrapFinetune(
             metric=lambda gold, pred, trace=None: gold.answer == pred.answer,
             train_kwargs={"max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-3},
