@@ -107,6 +107,13 @@ class TestBabyAI:
         assert drop.invalid and "not carrying anything" in drop.observation
         assert not env.step("turn left").invalid
 
+    def test_splits_use_disjoint_seed_ranges(self):
+        train, test = make_env("babyai", split="train"), make_env("babyai")
+        a, b = train.reset("GoToLocal", seed=1), test.reset("GoToLocal", seed=1)
+        assert b.info["split"] == "test" and (a.instruction, a.observation) != (b.instruction, b.observation)
+        with pytest.raises(EnvError, match="BabyAI split must be 'train', 'dev' or 'test', not 'val'"):
+            make_env("babyai", split="val")
+
     def test_unknown_level(self):
         env = make_env("babyai")
         with pytest.raises(EnvError, match="Unknown BabyAI level 'NoSuchLevel'"):

@@ -13,7 +13,7 @@ of those subgoals the agent has reached, plus the mission itself, so a solved mi
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 from refine.envs._common import normalize_action, require
 from refine.envs.base import DEFAULT_MAX_STEPS, EnvObservation, EnvStep
@@ -60,6 +60,7 @@ DESCRIPTION = (
     "carry. You can carry one object at a time. Use exactly one of the actions below, written as shown."
 )
 
+_SPLIT_OFFSET = {"train": 0, "dev": 500_000, "test": 1_000_000}
 _NAMES = {0: "turn left", 1: "turn right", 2: "move forward", 3: "pick up", 4: "drop", 5: "toggle"}
 _SKIP = ("unseen", "empty", "wall", "floor", "agent")
 _STATES = {0: "open", 1: "closed", 2: "locked"}
@@ -74,6 +75,8 @@ class BabyAIEnv:
 
     Args:
         max_steps: Episode bound (AgentBoard uses 30).
+        split: Which seed range `reset(seed=...)` draws levels from: "train" (seed as is), "dev" (+500,000) or
+            "test" (+1,000,000, the default for evaluation), so training and evaluation levels never coincide.
         tasks: Level names (without "BabyAI-" and "-v0") used when `reset(task=None)`; `task` may also be a full gym id.
 
     Example:
@@ -85,7 +88,15 @@ class BabyAIEnv:
     name = "babyai"
     description = DESCRIPTION
 
-    def __init__(self, max_steps: int = DEFAULT_MAX_STEPS, tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> None:
+    def __init__(
+        self,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
+        split: Literal["train", "dev", "test"] = "test",
+    ) -> None:
+        if split not in _SPLIT_OFFSET:
+            raise EnvError(f"BabyAI split must be 'train', 'dev' or 'test', not {split!r}.")
+        self.split = split
         self.max_steps = max_steps
         self.tasks = tuple(tasks)
         self._gym = require("gymnasium", "babyai", "minigrid")
@@ -190,6 +201,16 @@ class BabyAIEnv:
                 break
         return subgoals, plan
 
+    def expert_action(self) -> str | None:
+        """The expert bot's next action from the current state (planned on a copy), or None when over."""
+        if self._env is None or self._done:
+            return None
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        sim = copy.deepcopy(self._u())
+        action = BabyAIBot(sim).replan()
+        return None if action == sim.actions.done else _NAMES[int(action)]
+
     def _reached_subgoal(self, goal: tuple[Any, ...]) -> bool:
         u = self._u()
         if goal[0] == "carry":
@@ -220,7 +241,7 @@ class BabyAIEnv:
                     f"Unknown BabyAI level {task!r} ({exc}). Use a level name such as {', '.join(DEFAULT_TASKS[:3])}."
                 ) from exc
             self.task = task
-        obs, _ = self._env.reset(seed=seed)
+        obs, _ = self._env.reset(seed=(seed or 0) + _SPLIT_OFFSET[self.split])
         self._steps, self._reached, self._done = 0, set(), False
         self._subgoals, self.expert_plan = self._solve()
         mission = str(obs["mission"])
@@ -229,6 +250,7 @@ class BabyAIEnv:
             instruction=mission[0].upper() + mission[1:] + ".",
             available_actions=list(ACTIONS),
             info={
+                "split": self.split,
                 "action_descriptions": dict(ACTIONS),
                 "task": task,
                 "seed": seed,
