@@ -298,6 +298,73 @@ def _default_factory(config: EvalConfig) -> Callable[[str, bool], Any]:
     return factory
 
 
+class _EpisodeWork:
+    """The Ray work function of `evaluate`: each worker process builds the agent and its environments once."""
+
+    def __init__(
+        self, agent_factory: Callable[[], Any], config: EvalConfig, env_factory: Callable[[str, bool], Any] | None
+    ) -> None:
+        self.agent_factory = agent_factory
+        self.config = config
+        self.env_factory = env_factory
+        self._agent: Any = None
+        self._pool: _EnvPool | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        state.update(_agent=None, _pool=None)  # built again in each worker process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: dict[str, Any]) -> list[Any]:
+        from refine.executor import Emit
+
+        with self._lock:
+            if self._pool is None:
+                self._agent = self.agent_factory()
+                self._pool = _EnvPool(self.env_factory or _default_factory(self.config))
+        env = self._pool.acquire(spec["env"], spec["variant"])
+        try:
+            rec = run_episode(self._agent, env, spec, self.config.max_steps)
+        finally:
+            self._pool.release(spec["env"], spec["variant"], env)
+        rec["held_in"] = spec["env"] in set(self.config.held_in)
+        rec["model"] = self.config.model or str(getattr(self._agent, "model", "") or "")
+        return [Emit("episodes", spec["key"], rec)]
+
+
+def _play_on_ray(
+    agent_factory: Callable[[], Any],
+    config: EvalConfig,
+    store: Any,
+    todo: list[dict[str, Any]],
+    env_factory: Callable[[str, bool], Any] | None,
+    on_episode: Callable[[dict[str, Any]], None] | None,
+    ex_cfg: Any,
+) -> None:
+    from refine.executor import run_items
+
+    def progress(outcome: Any) -> None:
+        if on_episode is not None and outcome.status != "skipped":
+            on_episode({"key": outcome.key, **outcome.info})
+
+    summary = run_items(
+        todo,
+        _EpisodeWork(agent_factory, config, env_factory),
+        store=store,
+        key="key",
+        executor=ex_cfg,
+        progress=progress,
+        outcome_fields=("success", "progress"),
+    )
+    if summary.pending:
+        logger.warning("%d episodes did not finish on Ray; rerun with --resume to play them", summary.pending)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -312,6 +379,8 @@ def evaluate(
     resume: bool = False,
     env_factory: Callable[[str, bool], Any] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> EvalResult:
     """Evaluate `agent` (a `ChatAgent`, `ProgramAgent` or anything with `start(...)->session.act(obs)`).
 
@@ -321,7 +390,11 @@ def evaluate(
         out: Run directory (a `RunStore`); None keeps everything in memory.
         resume: Continue the run in `out`, playing only the episodes it lacks.
         env_factory: `(name, perturbed) -> TextEnv`; default `refine.envs.make_env` with `config.env_options`.
-        on_episode: Called with each finished episode record (progress display).
+        on_episode: Called with each finished episode record (progress display; with Ray: key and success only).
+        executor: "local" (threads, default) or "ray" (episodes as Ray tasks through `refine.executor`; needs `out`,
+            and `agent` must be a zero-argument factory such as `functools.partial(resolve_agent, spec, lm)`, which
+            each worker process calls once: LMs with in-process engines cannot be shipped to workers).
+        ray_address: The Ray cluster to join with executor="ray" (default: start a local instance).
 
     Returns:
         The summary and all episode records (including those of an earlier, resumed run).
@@ -331,6 +404,17 @@ def evaluate(
     unknown = set(config.held_in) - set(config.envs)
     if unknown:
         raise ConfigError(f"--held-in names environments that are not evaluated: {sorted(unknown)}; see --envs.")
+    from refine.executor import ExecutorConfig
+
+    ex_cfg = ExecutorConfig.from_options(executor, workers=config.workers, ray_address=ray_address)
+    if ex_cfg.executor == "ray":
+        if out is None:
+            raise ConfigError("--executor ray writes episodes through a run directory; pass --out DIR.")
+        if hasattr(agent, "start") or not callable(agent):
+            raise ConfigError(
+                "With --executor ray pass the agent as a zero-argument factory, e.g. "
+                "functools.partial(resolve_agent, spec, lm): each Ray worker builds its own agent and LM."
+            )
     store = None
     if out is not None:
         from refine.store import RunStore
@@ -361,11 +445,14 @@ def evaluate(
 
     started = time.perf_counter()
     try:
-        with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="refine-eval") as ex:
-            # Each episode runs in a copy of the caller's context, so dspy.context(lm=...) settings reach workers.
-            futures = [ex.submit(contextvars.copy_context().run, play, s) for s in todo]
-            for fut in as_completed(futures):
-                fut.result()
+        if ex_cfg.executor == "ray":
+            _play_on_ray(agent, config, store, todo, env_factory, on_episode, ex_cfg)
+        else:
+            with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="refine-eval") as ex:
+                # Each episode runs in a copy of the caller's context, so dspy.context(lm=...) settings reach workers.
+                futures = [ex.submit(contextvars.copy_context().run, play, s) for s in todo]
+                for fut in as_completed(futures):
+                    fut.result()
     except RefineError:
         raise
     finally:
@@ -378,6 +465,7 @@ def evaluate(
         "wall_s": round(wall, 3),
         "episodes_per_min": round(60 * len(todo) / wall, 3) if wall > 0 and todo else None,
         "workers": config.workers,
+        "executor": ex_cfg.executor,
         "agent": config.agent,
         "model": config.model or str(getattr(agent, "model", "") or ""),
     }

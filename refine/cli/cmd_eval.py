@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from refine.executor import ExecutorOption, RayAddressOption
+
 AGENT_HELP = (
     "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', a LiteLLM string), 'chat' or "
     "'program' (DSPy PlayerAct agent) with --lm, 'program:<saved.json>', or 'package.module:factory'."
@@ -34,6 +36,8 @@ def eval_cmd(
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the agent.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same settings).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Evaluate an agent on held-out text environments (success, progress, invalid and stuck rates, tokens)."""
     from rich.console import Console
@@ -54,7 +58,12 @@ def eval_cmd(
         agent=agent,
         model=lm or agent,
     )
-    the_agent = resolve_agent(agent, lm, max_tokens=max_tokens, temperature=temperature)
+    if executor == "ray":  # each Ray worker builds the agent (and its LM) itself
+        import functools
+
+        the_agent = functools.partial(resolve_agent, agent, lm, max_tokens=max_tokens, temperature=temperature)
+    else:
+        the_agent = resolve_agent(agent, lm, max_tokens=max_tokens, temperature=temperature)
     console = Console(stderr=True)
     total = len(episode_specs(config))
     columns = [
@@ -72,7 +81,9 @@ def eval_cmd(
             solved[0] += int(bool(rec.get("success")))
             bar.update(task, advance=1, ok=solved[0])
 
-        result = evaluate(the_agent, config, out, resume=resume, on_episode=on_episode)
+        result = evaluate(
+            the_agent, config, out, resume=resume, on_episode=on_episode, executor=executor, ray_address=ray_address
+        )
     summary = result.summary
     table = Table(title=f"refine eval: {config.model}" + (f" -> {out}" if out else ""))
     # Short headers: the table must stay readable in an 80-column terminal.
