@@ -379,3 +379,20 @@ class TestShardStore:
         second.append("accepted", {}, key="new")
         assert [r["key"] for r in RunStore.open_existing(run).records("accepted")] == ["new"]
         second.close()
+
+
+class TestEvalExecutorOptions:
+    """`refine.eval.evaluate(executor=...)` refuses what cannot work on Ray before starting anything."""
+
+    def test_ray_needs_a_run_directory_and_an_agent_factory(self, tmp_path):
+        from refine.eval import EvalConfig, evaluate
+        from tests.test_eval import scripted_agent, toy_factory
+
+        cfg = EvalConfig(envs=["toy"], episodes=1)
+        with pytest.raises(ConfigError, match=r"--executor ray writes episodes through a run directory; pass --out"):
+            evaluate(scripted_agent, cfg, env_factory=toy_factory, executor="ray")
+        with pytest.raises(ConfigError, match=r"pass the agent as a zero-argument factory"):
+            evaluate(scripted_agent(), cfg, tmp_path / "r", env_factory=toy_factory, executor="ray")
+        with pytest.raises(ConfigError, match=r"ray_address \(--ray-address\) only applies with executor='ray'"):
+            evaluate(scripted_agent(), cfg, env_factory=toy_factory, ray_address="auto")
+        assert not (tmp_path / "r").exists()

@@ -256,3 +256,21 @@ def test_refine_synth_cli_with_the_ray_executor(tmp_path):
     res = CliRunner().invoke(app, [*args, "--executor", "local", "--ray-address", "auto", "--resume"])
     assert res.exit_code != 0
     assert "ray_address (--ray-address) only applies with executor='ray'" in str(res.exception)
+
+
+# ---------------------------------------------------------------------------------------------------------- evaluation
+def test_evaluation_through_ray_matches_local(tmp_path):
+    from refine.eval import EvalConfig, evaluate
+    from tests.test_eval import scripted_agent, toy_factory
+
+    cfg = EvalConfig(envs=["toy"], episodes=3, workers=2, perturb=True, max_steps=10)
+    local = evaluate(scripted_agent(), cfg, tmp_path / "local", env_factory=toy_factory)
+    seen: list[dict[str, Any]] = []
+    dist = evaluate(
+        scripted_agent, cfg, tmp_path / "ray", env_factory=toy_factory, executor="ray", on_episode=seen.append
+    )
+    assert dist.summary["envs"] == local.summary["envs"] and dist.summary["overall"] == local.summary["overall"]
+    assert dist.summary["run"]["executor"] == "ray"
+    assert sorted(r["key"] for r in seen) == sorted(r["key"] for r in local.records)
+    assert {r["key"]: r["success"] for r in seen} == {r["key"]: r["success"] for r in local.records}
+    assert _shards(tmp_path / "ray") and all(n == 1 for n in raw_keys(tmp_path / "ray").values())
