@@ -83,6 +83,7 @@ class PDDLEnv:
         self._envs: dict[str, Any] = {}
         self._env: Any = None
         self._state: Any = None
+        self._expert_cache: dict[Any, list[str]] = {}
         self._steps = 0
         self._done = True
         self.task = ""
@@ -186,6 +187,35 @@ class PDDLEnv:
                     frontier.append((nxt, [*path, self.action_text(lit)]))
         raise EnvError(f"No plan found for PDDL problem {self.task}#{self.problem} within {max_nodes} states.")
 
+    def expert_action(self) -> str | None:
+        """The next action of a shortest plan from the current state, or None (solved, or no plan found).
+
+        Plans are searched once and cached along their states, so following the expert, or wasting a step on an
+        invalid action (the state does not change), never searches again; only a valid off-plan action replans.
+        """
+        if self._state is None:
+            return None
+        key = self._state.literals
+        if key not in self._expert_cache:
+            try:
+                self._cache_plan(self.plan())
+            except EnvError:
+                return None
+        remaining = self._expert_cache.get(key) or []
+        return remaining[0] if remaining else None
+
+    def _cache_plan(self, plan: list[str]) -> None:
+        from pddlgym.core import get_successor_state
+
+        u, state = self._u, self._state
+        for i, text in enumerate(plan):
+            self._expert_cache[state.literals] = plan[i:]
+            lit = next((x for x in self._all_actions(state) if self.action_text(x) == text), None)
+            if lit is None:
+                return
+            state = u._handle_derived_literals(get_successor_state(state, lit, u.domain, inference_mode="infer"))
+        self._expert_cache[state.literals] = []
+
     # ------------------------------------------------------------------ protocol
     def reset(self, task: str | None = None, seed: int | None = None) -> EnvObservation:
         seed = seed or 0
@@ -195,6 +225,7 @@ class PDDLEnv:
         self.problem = seed % len(self._u.problems)
         self._env.fix_problem_index(self.problem)
         self._state, _ = self._env.reset()
+        self._expert_cache = {}
         self._steps, self._done = 0, False
         goal = "; ".join(_fact(g) for g in self._goal_literals())
         return EnvObservation(

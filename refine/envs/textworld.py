@@ -203,6 +203,7 @@ class TextWorldEnv:
         invalid = a not in {c.lower() for c in self._admissible}
         state, score, done = self._env.step(a)
         self._admissible = list(state.admissible_commands or [])
+        self.walkthrough = list(state.policy_commands or [])  # TextWorld replans from the current state
         success = bool(state.won)
         progress = 1.0 if success else max(0.0, float(score or 0)) / max(1, self.max_score)
         self._done = bool(done) or success or bool(state.lost) or self._steps >= self.max_steps
@@ -215,6 +216,12 @@ class TextWorldEnv:
             available_actions=list(self._admissible),
             info={"score": score, "steps": self._steps},
         )
+
+    def expert_action(self) -> str | None:
+        """The next command of TextWorld's own walkthrough from the current state, or None when over."""
+        if self._done or not self.walkthrough:
+            return None
+        return self.walkthrough[0]
 
     def close(self) -> None:
         if self._env is not None:
