@@ -19,7 +19,7 @@ from refine.signatures.refine_action import RefineAction
 from refine.signatures.script import draft_to_script, render_script
 
 from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn, Verdict
-from refine.envs.base import DEFAULT_MAX_STEPS, TextEnv
+from refine.envs.base import DEFAULT_MAX_STEPS, TextEnv, expert_action
 from refine.errors import ConfigError
 from refine.graph import GraphModule, ProgramGraph
 from refine.verify import match_action, verify_trajectory
@@ -65,6 +65,7 @@ def build_graph(
     min_refinements: int = 2,
     agent_lm: dspy.LM | None = None,
     teacher_lm: dspy.LM | None = None,
+    refiner: str = "lm",
 ) -> ProgramGraph:
     """Build the interactive refinement graph.
 
@@ -75,6 +76,9 @@ def build_graph(
         min_refinements: error -> fix episodes a trajectory needs to be accepted.
         agent_lm: LM of the acting node (e.g. the student); the others use `teacher_lm` or the configured LM.
         teacher_lm: LM of the Dungeon Master, feedback and refine nodes.
+        refiner: "lm" (the teacher LM interprets feedback and refines the action) or "env" (the environment's own
+            expert, `expert_action()`, supplies the corrected action: verified refinement data without an LLM
+            teacher, e.g. on-policy data for a small student; needs a real environment that offers an expert).
 
     Example:
         >>> build_graph().node_names
@@ -87,14 +91,32 @@ def build_graph(
             f"env must implement refine.envs.base.TextEnv (reset/step) or be a factory returning one; "
             f"got {type(env).__name__}."
         )
+    if refiner not in ("lm", "env"):
+        raise ConfigError(f"refiner must be 'lm' or 'env', got {refiner!r}.")
+    if refiner == "env" and env is None:
+        raise ConfigError(
+            "refiner='env' needs a real environment whose expert corrects the agent: pass env=<TextEnv factory> "
+            "(e.g. lambda: make_env('babyai')), or use refiner='lm' with the LLM Dungeon Master."
+        )
     act = dspy.Predict(PlayerAct)
-    interpret = dspy.Predict(InterpretFeedback)
-    refine = dspy.Predict(RefineAction)
+    interpret: Any = dspy.Predict(InterpretFeedback)
+    refine: Any = dspy.Predict(RefineAction)
+    if refiner == "env":
+
+        def interpret(action: str, observation: str) -> dict[str, Any]:
+            return {"diagnosis": f"The action '{action}' was not accepted: {observation}"}
+
+        def refine(env_handle: Any, diagnosis: str) -> dict[str, Any]:
+            fix = expert_action(env_handle)
+            if fix is None:
+                raise ConfigError("the environment's expert has no next action to correct the agent with")
+            return {"thought": f"{diagnosis} To make progress I should {fix} instead.", "action": fix}
+
     if agent_lm is not None:
         act.set_lm(agent_lm)
     dm: dspy.Module | None = None if env is not None else dspy.Predict(EnvironmentStep)
     for m in (interpret, refine, dm):
-        if m is not None and teacher_lm is not None:
+        if isinstance(m, dspy.Module) and teacher_lm is not None:
             m.set_lm(teacher_lm)
 
     def _model(module: Any) -> str:
@@ -183,7 +205,7 @@ def build_graph(
         }
 
     def finish(verified_script: Script, turns: list[Turn], failure: Any, seed: Any, steps: int) -> dict[str, Any]:
-        models = {"agent": _model(act), "teacher": _model(refine)}
+        models = {"agent": _model(act), "teacher": _model(refine) if isinstance(refine, dspy.Module) else "env-expert"}
         if dm is not None:
             models["dm"] = _model(dm)
         traj = Trajectory(
@@ -263,8 +285,12 @@ def build_graph(
         record,
         outputs=["turns", "steps", "history", "failure", "continue_acting", "needs_refinement", "finished"],
     )
-    g.add_node("interpret", interpret, catch_errors=True)
-    g.add_node("refine", refine, catch_errors=True)
+    if refiner == "env":
+        g.add_node("interpret", interpret, outputs=["diagnosis"], catch_errors=True)
+        g.add_node("refine", refine, outputs=["thought", "action"], catch_errors=True)
+    else:
+        g.add_node("interpret", interpret, catch_errors=True)
+        g.add_node("refine", refine, catch_errors=True)
     g.add_node("finish", finish, outputs=["trajectory", "verdict", "success", "attempts"])
     g.add_edge("start", "act")
     g.add_edge("act", "environment", condition="action")
