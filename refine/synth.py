@@ -389,7 +389,8 @@ def run_synth(
     work = SynthWork(program if program is not None else config.program, options, config.min_refinements)
     if executor == "ray" and (lm is not None or program is not None):
         raise ConfigError("With --executor ray the LM and the program are given as specs (config.lm, config.program).")
-    the_lm = lm if lm is not None else resolve_lm(config.lm)
+    # With Ray only the workers need the LM: the driver may be a small head node without the model.
+    the_lm = lm if lm is not None else (None if executor == "ray" else resolve_lm(config.lm))
     worker_lm: Any = WorkerLM(config.lm, factory="refine.synth:resolve_lm") if executor == "ray" else the_lm
     phash = work.program_hash
     counts = {"accepted": 0, "rejected": 0, "failed": 0, "skipped": 0, "tokens": 0}
@@ -404,7 +405,13 @@ def run_synth(
             else:
                 for kind in ("accepted", "rejected"):
                     counts[kind] += outcome.written.get(kind, 0)
-            counts["tokens"] = work.tokens
+            if executor == "ray":  # the workers' SynthWork copies count tokens; the records carry them here
+                usage = outcome.info.get("usage") or {}
+                counts["tokens"] += sum(
+                    u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values()
+                )
+            else:
+                counts["tokens"] = work.tokens
             snapshot = dict(counts)
         if progress is not None:
             progress(outcome, snapshot)
@@ -422,6 +429,7 @@ def run_synth(
                 executor=executor,
                 workers=config.workers,
                 ray_address=ray_address,
+                outcome_fields=("usage",),
             )
         totals = synth_totals([*store.records("accepted"), *store.records("rejected")])
         totals["pending"] = summary.pending
