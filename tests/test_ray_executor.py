@@ -215,8 +215,10 @@ def test_real_synthesis_through_ray_matches_local(tmp_path):
 
     cfg = SynthConfig(n=8, lm="py:tests.test_synth_support:make_lm", workers=2)
     local = run_synth(cfg, tmp_path / "local")
-    dist = run_synth(cfg, tmp_path / "ray", executor="ray")
+    snapshots: list[dict[str, int]] = []
+    dist = run_synth(cfg, tmp_path / "ray", executor="ray", progress=lambda outcome, counts: snapshots.append(counts))
     assert _synth_sets(tmp_path / "ray") == _synth_sets(tmp_path / "local")
+    assert snapshots[-1]["tokens"] == dist["tokens"] > 0  # the progress display counts tokens under Ray too
     assert dist["accepted"] == local["accepted"] > 0 and dist["rejected"] == local["rejected"] > 0
     assert dist["lm_calls"] == local["lm_calls"] and dist["pending"] == 0
     assert all(n == 1 for n in raw_keys(tmp_path / "ray").values())
