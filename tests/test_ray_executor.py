@@ -3,6 +3,7 @@ loses and duplicates nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -276,3 +277,17 @@ def test_evaluation_through_ray_matches_local(tmp_path):
     assert sorted(r["key"] for r in seen) == sorted(r["key"] for r in local.records)
     assert {r["key"]: r["success"] for r in seen} == {r["key"]: r["success"] for r in local.records}
     assert _shards(tmp_path / "ray") and all(n == 1 for n in raw_keys(tmp_path / "ray").values())
+
+
+def test_refine_eval_cli_with_the_ray_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from refine.cli.app import app
+
+    run = tmp_path / "run"
+    args = ["eval", "--agent", "tests.test_eval:scripted_agent", "--envs", "toy", "-n", "3", "--out", str(run), "-q"]
+    res = CliRunner().invoke(app, [*args, "--executor", "ray", "-w", "2"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"]["executor"] == "ray" and summary["envs"]["toy"]["base"]["episodes"] == 3
+    assert _shards(run) and all(n == 1 for n in raw_keys(run).values())
