@@ -1,9 +1,89 @@
-"""CLI commands of the quickstart area (being built; see the issue for this area)."""
+"""`refine quickstart`: synthesize, distill, evaluate and report, offline on the embedded model."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", help="Folder for every stage's run directory.")] = Path(
+        "runs/quickstart"
+    ),
+    preset: Annotated[str, typer.Option(help="Size: tiny (CI), small (default, < 20 min), medium, large.")] = "small",
+    teacher: Annotated[str, typer.Option(help="Teacher LM for one-shot synthesis (embedded, local/DIR, LiteLLM).")] = (
+        "embedded"
+    ),
+    student: Annotated[str, typer.Option(help="Base student model (embedded or local/DIR).")] = "embedded",
+    train_envs: Annotated[str, typer.Option(help="Held-in environments (on-policy synthesis, training).")] = (
+        "babyai,pddl"
+    ),
+    heldout_envs: Annotated[str, typer.Option(help="Held-out environments (evaluation only).")] = (
+        "scienceworld,textworld"
+    ),
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    lora: Annotated[bool, typer.Option(help="Distill LoRA adapters (merged) instead of all weights.")] = False,
+    workers: Annotated[int, typer.Option(help="Concurrent items/episodes (their LM calls are batched).")] = 8,
+) -> None:
+    """Run the whole loop offline: synthesize verified data, distill, evaluate base vs student, write a report.
+
+    Every stage is resumable: run the same command again after an interruption.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from refine.quickstart import PRESETS, QuickstartConfig, run_quickstart
+
+    console = Console()
+    if preset not in PRESETS:
+        from refine.errors import ConfigError
+
+        raise ConfigError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+
+    def split(s: str) -> list[str]:
+        return [x.strip() for x in s.split(",") if x.strip()]
+
+    cfg = QuickstartConfig(
+        out=out,
+        preset=preset,  # type: ignore[arg-type]
+        teacher=teacher,
+        student=student,
+        train_envs=split(train_envs),
+        heldout_envs=split(heldout_envs),
+        seed=seed,
+        lora=lora,
+        workers=workers,
+    )
+    summary = run_quickstart(cfg, progress=lambda stage, msg: console.print(f"[bold cyan]{stage}[/]: {msg}"))
+    table = Table(title="quickstart: base vs student (success / progress)")
+    table.add_column("model")
+    table.add_column("env")
+    table.add_column("held")
+    table.add_column("success", justify="right")
+    table.add_column("progress", justify="right")
+    for label in ("base", "student"):
+        s = summary.get(f"eval_{label}")
+        if not s:
+            continue
+        for env, entry in (s.get("envs") or {}).items():
+            m = entry.get("base") or {}
+            table.add_row(
+                label,
+                env,
+                "in" if entry.get("held_in") else "out",
+                f"{m.get('success_rate', 0):.2f}",
+                f"{m.get('progress_rate', 0):.2f}",
+            )
+    console.print(table)
+    d = summary.get("distill") or {}
+    console.print(
+        f"synth: {summary.get('synth', {}).get('accepted', 0)} accepted one-shot; "
+        f"env synthesis: {summary.get('synth_env', {}).get('accepted', 0)} accepted; distill: {d}"
+    )
+    console.print(f"report: {out / 'report' / 'report.html'}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    app.command("quickstart")(quickstart)

@@ -1,0 +1,299 @@
+"""`refine quickstart`: the whole loop offline on the embedded model, resumable stage by stage.
+
+1. **synthesize** paper-style (one-shot) trajectories from built-in personas with the teacher LM, verified by rules;
+2. **synthesize on-policy refinement data** on the held-in real environments: the student acts, the environment's
+   own expert (BabyAI bot, PDDL planner, TextWorld walkthrough) refines its mistakes, every trajectory verified;
+3. **distill** the accepted trajectories into the student (erroneous turns masked from the loss);
+4. **evaluate** the base model and the student on held-in and held-out environments;
+5. **report**: PNG plots and one self-contained HTML page.
+
+Each stage writes its own run directory under `out` and is skipped when already complete, so a killed quickstart
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refine.errors import ConfigError
+
+__all__ = ["PRESETS", "QuickstartConfig", "run_quickstart"]
+
+log = logging.getLogger(__name__)
+
+Preset = Literal["tiny", "small", "medium", "large"]
+
+# Sizes per preset. "small" is the default and targets < 20 minutes on 2 CPU cores; "tiny" is what CI runs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "personas": 1,
+        "env_episodes": 2,
+        "distill_steps": 4,
+        "eval_episodes": 1,
+        "eval_max_steps": 3,
+        "synth_max_steps": 8,
+        "max_attempts": 1,
+    },
+    "small": {
+        "personas": 2,
+        "env_episodes": 6,
+        "distill_steps": 30,
+        "eval_episodes": 2,
+        "eval_max_steps": 8,
+        "synth_max_steps": 12,
+        "max_attempts": 2,
+    },
+    "medium": {
+        "personas": 16,
+        "env_episodes": 40,
+        "distill_steps": 200,
+        "eval_episodes": 10,
+        "eval_max_steps": 20,
+        "synth_max_steps": 20,
+        "max_attempts": 4,
+    },
+    "large": {
+        "personas": 200,
+        "env_episodes": 400,
+        "distill_steps": 2000,
+        "eval_episodes": 30,
+        "eval_max_steps": 30,
+        "synth_max_steps": 30,
+        "max_attempts": 4,
+    },
+}
+
+
+class QuickstartConfig(BaseModel):
+    """Settings of `refine quickstart`; unset sizes come from the preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(Path("runs/quickstart"), description="Folder holding every stage's run directory.")
+    preset: Preset = Field("small", description="Size preset: tiny (CI), small (default), medium, large.")
+    teacher: str = Field("embedded", description="Teacher LM for one-shot synthesis (any `refine.lm` spec).")
+    student: str = Field("embedded", description="Base student LM spec (also the agent of on-policy synthesis).")
+    train_envs: list[str] = Field(default_factory=lambda: ["babyai", "pddl"], description="Held-in environments.")
+    heldout_envs: list[str] = Field(
+        default_factory=lambda: ["scienceworld", "textworld"], description="Held-out environments."
+    )
+    seed: int = Field(0, ge=0)
+    lora: bool = Field(False, description="Distill LoRA adapters instead of all weights.")
+    workers: int = Field(8, ge=1, description="Concurrent episodes / items (the embedded engine batches them).")
+    personas: int | None = None
+    env_episodes: int | None = None
+    distill_steps: int | None = None
+    eval_episodes: int | None = None
+    eval_max_steps: int | None = None
+    synth_max_steps: int | None = None
+    max_attempts: int | None = None
+
+    def size(self, key: str) -> int:
+        value = getattr(self, key)
+        return int(value if value is not None else PRESETS[self.preset][key])
+
+
+Progress = Callable[[str, str], None]
+
+
+def _done(path: Path) -> bool:
+    return (path / "manifest.json").exists() and json.loads((path / "manifest.json").read_text()).get(
+        "status"
+    ) == "finished"
+
+
+def _synth_oneshot(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
+    from refine.synth import SynthConfig, run_synth
+
+    sc = SynthConfig(
+        personas="builtin",
+        n=cfg.size("personas"),
+        lm=cfg.teacher,
+        seed=cfg.seed,
+        max_attempts=cfg.size("max_attempts"),
+        workers=cfg.workers,
+    )
+    return run_synth(sc, out, resume=out.exists())
+
+
+def _env_factory(name: str, split: str, options: dict[str, Any]) -> Callable[[], Any]:
+    from refine.envs import make_env
+
+    def make() -> Any:
+        return make_env(name, split=split, **options) if name != "babyai" else make_env(name, **options)
+
+    return make
+
+
+# Held-in environments whose expert answers fast from any state (PDDL: small blocks problems only).
+_TRAIN_ENV_OPTIONS: dict[str, dict[str, Any]] = {"pddl": {"tasks": ["blocks"]}}
+
+
+def _synth_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
+    """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes."""
+    import dspy
+
+    from refine.data import Verdict
+    from refine.executor import Emit, run_items
+    from refine.lm import default_adapter, get_lm
+    from refine.programs.interactive import InteractiveRefine
+
+    student = get_lm(cfg.student, max_tokens=96)
+    adapter = default_adapter(student)
+    programs = {
+        env: InteractiveRefine(
+            env=_env_factory(env, "train", _TRAIN_ENV_OPTIONS.get(env, {})),
+            refiner="env",
+            max_steps=cfg.size("synth_max_steps"),
+        )
+        for env in cfg.train_envs
+    }
+    items = [
+        {"key": f"{env}-{cfg.seed + i}", "env": env, "seed": cfg.seed + i}
+        for env in cfg.train_envs
+        for i in range(cfg.size("env_episodes"))
+    ]
+
+    def work(item: dict[str, Any]) -> list[Emit]:
+        with dspy.context(lm=student, adapter=adapter, track_usage=True):
+            pred = programs[item["env"]](seed=item["seed"])
+        traj = pred.trajectory
+        verdict = pred.verdict or Verdict(ok=False, reasons=["no verdict"], stage="parse", checks=1)
+        traj.provenance.seed = item["seed"]
+        record = {
+            "id": traj.id,
+            "env": item["env"],
+            "seed": item["seed"],
+            "accepted": verdict.ok,
+            "success": bool(pred.success),
+            "trajectory": traj.model_dump(mode="json"),
+            "verdict": verdict.model_dump(mode="json"),
+            "attempts": pred.attempts,
+        }
+        return [Emit("accepted" if verdict.ok else "rejected", item["key"], record)]
+
+    config = {"stage": "env-synthesis", "student": cfg.student, "envs": cfg.train_envs, "items": len(items)}
+    from refine.store import RunStore
+
+    with RunStore(out, config=config, resume=out.exists()) as store:
+        summary = run_items(items, work, store=store, key="key", workers=min(cfg.workers, len(items)))
+        accepted, rejected = store.count("accepted"), store.count("rejected")
+        store.finish(totals={"accepted": accepted, "rejected": rejected})
+    return {"accepted": accepted, "rejected": rejected, "failed": len(getattr(summary, "failed", []) or [])}
+
+
+def _distill(cfg: QuickstartConfig, sources: list[Path], out: Path) -> dict[str, Any]:
+    from refine.distill import DistillConfig, distill
+    from refine.distill.data import load_rows
+
+    rows: list[dict[str, Any]] = []
+    for src in sources:
+        if (src / "accepted.jsonl").exists():
+            rows += load_rows(src)
+    if not rows:
+        return {"skipped": "no accepted trajectories to train on", "rows": 0}
+    dc = DistillConfig(
+        out=out,
+        base=None if cfg.student == "embedded" else cfg.student.removeprefix("local/"),
+        max_steps=cfg.size("distill_steps"),
+        lora=cfg.lora,
+        merge_lora=True,
+        batch_size=2,
+        max_length=1024,
+        gradient_checkpointing=False,
+        learning_rate=5e-5 if not cfg.lora else 5e-4,
+    )
+    result = distill(rows, dc, source=", ".join(str(s) for s in sources))
+    return {
+        "rows": len(rows),
+        "steps": result.steps,
+        "first_loss": result.losses[0] if result.losses else None,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "model": result.model_string,
+    }
+
+
+def _evaluate(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
+    from refine.eval import EvalConfig, evaluate
+    from refine.lm import get_lm
+    from refine.programs.agent import ChatAgent
+
+    ec = EvalConfig(
+        envs=[*cfg.train_envs, *cfg.heldout_envs],
+        episodes=cfg.size("eval_episodes"),
+        seed=cfg.seed,
+        max_steps=cfg.size("eval_max_steps"),
+        workers=cfg.workers,
+        held_in=cfg.train_envs,
+        env_options={env: dict(_TRAIN_ENV_OPTIONS.get(env, {})) for env in cfg.train_envs},
+        agent="chat",
+        model=model,
+    )
+    agent = ChatAgent(get_lm(model, max_tokens=48))
+    result = evaluate(agent, ec, out, resume=out.exists())
+    return result.summary
+
+
+def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole loop; returns the summary also written to `<out>/quickstart.json`."""
+    say = progress or (lambda stage, msg: log.info("%s: %s", stage, msg))
+    unknown = [
+        e
+        for e in [*config.train_envs, *config.heldout_envs]
+        if e not in ("babyai", "pddl", "textworld", "scienceworld", "toy")
+    ]
+    if unknown:
+        raise ConfigError(f"Unknown environments {unknown}; use babyai, pddl, textworld, scienceworld.")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "quickstart.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["config"] = config.model_dump(mode="json")
+    timings: dict[str, float] = summary.setdefault("seconds", {})
+
+    def stage(name: str, fn: Callable[[], Any], done: bool) -> Any:
+        if done and name in summary:
+            say(name, "already done (resumed)")
+            return summary[name]
+        say(name, "running")
+        t0 = time.perf_counter()
+        summary[name] = fn()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        say(name, f"done in {timings[name]:.0f} s")
+        return summary[name]
+
+    synth_dir, env_dir = out / "synth", out / "synth_env"
+    student_dir = out / "student"
+    stage("synth", lambda: _synth_oneshot(config, synth_dir), _done(synth_dir))
+    stage("synth_env", lambda: _synth_env(config, env_dir), _done(env_dir))
+    distilled = stage(
+        "distill", lambda: _distill(config, [synth_dir, env_dir], student_dir), (student_dir / "config.json").exists()
+    )
+    models = {"base": config.student}
+    if (student_dir / "config.json").exists():
+        models["student"] = f"local/{student_dir}"
+    for label, model in models.items():
+        stage(
+            f"eval_{label}",
+            lambda m=model, lab=label: _evaluate(config, m, out / f"eval_{lab}"),
+            _done(out / f"eval_{label}"),
+        )
+
+    def report() -> dict[str, Any]:
+        from refine.report import build_report
+
+        files = build_report([out / f"eval_{label}" for label in models], out / "report")
+        return {k: str(v) for k, v in files.items()}
+
+    stage("report", report, False)
+    summary["distill"] = distilled
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,62 @@
+"""`refine quickstart` end to end at the tiny preset: real embedded model, real environments, real training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refine.errors import ConfigError
+from refine.quickstart import PRESETS, QuickstartConfig, run_quickstart
+
+
+def test_preset_sizes_and_overrides():
+    cfg = QuickstartConfig(preset="tiny", distill_steps=7)
+    assert cfg.size("distill_steps") == 7
+    assert cfg.size("eval_episodes") == PRESETS["tiny"]["eval_episodes"]
+
+
+def test_unknown_environment_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown environments \['atari'\]"):
+        run_quickstart(QuickstartConfig(out=tmp_path, train_envs=["atari"]))
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_end_to_end(tmp_path):
+    pytest.importorskip("trl")
+    pytest.importorskip("minigrid")
+    out = tmp_path / "qs"
+    cmd = [
+        str(Path(sys.executable).parent / "refine"),
+        "quickstart",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--heldout-envs",
+        "textworld",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "quickstart.json").read_text())
+    # Every stage ran and left its run directory; the env expert produced verified training data.
+    assert set(summary["seconds"]) >= {"synth", "synth_env", "distill", "eval_base", "report"}
+    assert summary["synth_env"]["accepted"] >= 1
+    assert summary["distill"]["steps"] == PRESETS["tiny"]["distill_steps"]
+    assert summary["distill"]["last_loss"] < summary["distill"]["first_loss"]
+    assert (out / "student" / "config.json").exists()
+    for label in ("base", "student"):
+        envs = summary[f"eval_{label}"]["envs"]
+        assert set(envs) == {"babyai", "pddl", "textworld"}
+        assert envs["babyai"]["held_in"] and not envs["textworld"]["held_in"]
+    html = (out / "report" / "report.html").read_text()
+    assert "textworld" in html and "babyai" in html
+    # Resuming a finished quickstart redoes nothing but the report.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("already done") >= 5
