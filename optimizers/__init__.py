@@ -1,6 +1,7 @@
 """Optimizers of refinement programs: verifier metrics, prompt optimization runs (BootstrapFewShot, MIPROv2, GEPA
 under an LM budget) and loading their results."""
 
+from refine.optimizers.finetune import RefinementFinetune
 from refine.optimizers.metrics import (
     METRICS,
     as_feedback_metric,
@@ -30,6 +31,7 @@ __all__ = [
     "CostEstimate",
     "OptimizeConfig",
     "OptimizeResult",
+    "RefinementFinetune",
     "as_feedback_metric",
     "default_metric_for",
     "episode_metric",

@@ -59,13 +59,12 @@ def parse_request_fields(request: Request) -> tuple[list[str], dict[str, Any], l
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     inputs: dict[str, Any] = {}
     for name, value in _INPUT_BLOCK.findall(last_user):
-        value = value.strip()
         if name == "completed":
             continue
-        inputs[name] = value
-    # The trailing instruction of the user message is not part of the last input's value.
-    for name, value in list(inputs.items()):
-        inputs[name] = re.split(r"\n\nRespond with (?:the corresponding output fields|a JSON object)", value)[0].strip()
+        # The trailing instruction of the user message is not part of the last input's value (split before
+        # stripping, so an empty last input stays empty).
+        value = re.split(r"\n*Respond with (?:the corresponding output fields|a JSON object)", value)[0]
+        inputs[name] = value.strip()
     wants_json = bool(rf) or "JSON object" in last_user or "JSON object" in system
     return fields, inputs, messages, wants_json
 

@@ -73,6 +73,17 @@ if [[ ",$EXTRAS," == *",envs,"* ]]; then
     fi
 fi
 
+# 6. Headless Chromium for the report test (only with the dev extra; the report itself needs no browser).
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing chromium (headless render test of refine report)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+            || log "WARNING: could not install chromium; the report render test will be skipped"
+    else
+        log "NOTE: no chromium; the report render test will be skipped (apt-get install chromium)"
+    fi
+fi
+
 "$PY" -c 'import refine.signatures, refine.programs, refine.optimizers'
 rm -f "$VENV"/.refine-setup-*
 touch "$stamp"
