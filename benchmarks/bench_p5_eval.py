@@ -76,10 +76,9 @@ def main() -> None:
     envs = [e for e in args.envs.split(",") if e]
     os.environ.setdefault("REFINE_CACHE", os.path.join(tempfile.gettempdir(), "refine-bench-p5"))
 
-    from refine.programs.agent import ChatAgent
-
     from refine.envs import make_env
     from refine.lm import get_lm
+    from refine.programs.agent import ChatAgent
 
     # Warm-up: model load + one call, and each environment's first reset (imports, game generation).
     lm = get_lm("embedded", max_tokens=args.max_tokens, temperature=0.0, cache=False, max_batch=max(16, args.workers))

@@ -19,6 +19,7 @@ import dspy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from refine.graph import ProgramGraph
 from refine.signatures import (
     EnvironmentStep,
     GenerateScript,
@@ -28,8 +29,6 @@ from refine.signatures import (
     draft_to_script,
     render_script,
 )
-
-from refine.graph import ProgramGraph
 from refine.verify import match_action
 
 

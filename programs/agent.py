@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import dspy
-from refine.signatures.player import PlayerAct
 
 from refine.errors import ConfigError
 from refine.formats import AGENT_INSTRUCTIONS, format_first_user, format_system, parse_assistant
+from refine.signatures.player import PlayerAct
 
 __all__ = ["AgentAction", "AgentSession", "ChatAgent", "ProgramAgent", "describe_actions", "resolve_agent"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import dspy
-from refine.signatures.script import GenerateScript, draft_to_script, render_script
-from refine.signatures.trajectory import PlayTrajectory, drafts_to_turns
 
 from refine.data import Provenance, Script, Trajectory, Verdict
 from refine.graph import GraphModule, ProgramGraph
+from refine.signatures.script import GenerateScript, draft_to_script, render_script
+from refine.signatures.trajectory import PlayTrajectory, drafts_to_turns
 from refine.verify import verify_script, verify_trajectory
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "AgentRefinePipeline", "build_graph", "lm_name"]

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import dspy
-from refine.signatures.environment import EnvironmentStep
-from refine.signatures.feedback import InterpretFeedback
-from refine.signatures.player import PlayerAct
-from refine.signatures.refine_action import RefineAction
-from refine.signatures.script import draft_to_script, render_script
 
 from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn, Verdict
 from refine.envs.base import DEFAULT_MAX_STEPS, TextEnv, expert_action
 from refine.errors import ConfigError
 from refine.graph import GraphModule, ProgramGraph
+from refine.signatures.environment import EnvironmentStep
+from refine.signatures.feedback import InterpretFeedback
+from refine.signatures.player import PlayerAct
+from refine.signatures.refine_action import RefineAction
+from refine.signatures.script import draft_to_script, render_script
 from refine.verify import match_action, verify_trajectory
 
 __all__ = ["InteractiveRefine", "build_graph", "script_from_env"]

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import dspy
-from refine.signatures.reflect import ReflectOnTrial, ReflexionAct
 
 from refine.envs.base import TextEnv, ToyEnv
 from refine.errors import ConfigError
 from refine.graph import ProgramGraph
+from refine.signatures.reflect import ReflectOnTrial, ReflexionAct
 
 __all__ = ["ENVS", "build_graph", "resolve_env_factory"]
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dspy
-from refine.signatures.self_refine import DraftOutput, RefineOutput, SelfFeedback
 
 from refine.errors import ConfigError
 from refine.graph import ProgramGraph
+from refine.signatures.self_refine import DraftOutput, RefineOutput, SelfFeedback
 
 __all__ = ["StopRule", "build_graph", "stop_when_satisfied"]
 

@@ -7,13 +7,13 @@ import json
 
 import dspy
 import pytest
-from refine.programs.agent import ChatAgent, ProgramAgent, describe_actions
 from typer.testing import CliRunner
 
 from refine.cli.app import app
 from refine.envs.base import ToyEnv
 from refine.errors import ConfigError
 from refine.eval import EvalConfig, episode_specs, evaluate, run_episode, summarize
+from refine.programs.agent import ChatAgent, ProgramAgent, describe_actions
 from refine.testing import ScriptedLM
 
 # An episode of the toy env: one invalid action, one repeat with the same feedback, then the solution.

@@ -10,14 +10,13 @@ import pytest
 
 pytest.importorskip("trl")
 
-from refine.optimizers.finetune import RefinementFinetune
-from refine.programs import AgentRefinePipeline
-from refine.signatures.player import PlayerAct
-
 from refine.distill.config import DistillConfig
 from refine.distill.provider import TRLProvider, TRLTrainingJob, base_from_model_string
 from refine.distill.tiny import save_tiny_model
 from refine.errors import ConfigError, TrainingError
+from refine.optimizers.finetune import RefinementFinetune
+from refine.programs import AgentRefinePipeline
+from refine.signatures.player import PlayerAct
 from refine.testing import ScriptedLM
 from tests.test_synth_support import teacher_respond
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dspy
 import pytest
+
+from refine.data import Trajectory, Verdict
+from refine.errors import ConfigError
 from refine.optimizers.metrics import (
     METRICS,
     as_feedback_metric,
@@ -16,9 +19,6 @@ from refine.optimizers.metrics import (
     verdict_metric,
     verifier_metric,
 )
-
-from refine.data import Trajectory, Verdict
-from refine.errors import ConfigError
 from tests.test_synth_support import bad_turns, good_turns, tea_script
 
 

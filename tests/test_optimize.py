@@ -8,11 +8,11 @@ import uuid
 
 import dspy
 import pytest
+
+from refine.errors import ConfigError
 from refine.optimizers import Budget, BudgetExhaustedError, OptimizeConfig, estimate_cost, load_optimized, optimize
 from refine.optimizers.prompt_opt import calls_per_run, load_examples
 from refine.programs.self_refine import build_graph
-
-from refine.errors import ConfigError
 from tests.test_optimize_support import NEW_INSTRUCTION, arith_rows, make_lm
 
 TRAIN, DEV = arith_rows(6), arith_rows(6, start=100)
@@ -323,9 +323,8 @@ class TestSettings:
         assert res.score_before == pytest.approx(0.5)
 
     def test_rows_may_set_fields_with_defaults(self):
-        from refine.programs.interactive import build_graph as interactive_graph
-
         from refine.envs.base import ToyEnv
+        from refine.programs.interactive import build_graph as interactive_graph
 
         # The interactive program has no required inputs; `seed` (env mode) or `script` (DM mode) have defaults.
         res = optimize(interactive_graph(ToyEnv), trainset=[{"seed": 1}, {"seed": 2}], lm=make_lm(), dry_run=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import dspy
 import pytest
-from refine.optimizers import load_optimized
 from typer.testing import CliRunner
 
 from refine.cli.app import app
 from refine.errors import ConfigError
+from refine.optimizers import load_optimized
 from tests.test_optimize_support import arith_rows
 
 FAKE_LM = "py:tests.test_optimize_support:make_lm"

@@ -6,11 +6,11 @@ from typing import Any
 
 import dspy
 import pytest
-from refine.optimizers import optimize
-from refine.programs.reflexion import build_graph, resolve_env_factory
 
 from refine.envs.base import ToyEnv
 from refine.errors import ConfigError
+from refine.optimizers import optimize
+from refine.programs.reflexion import build_graph, resolve_env_factory
 from refine.testing import ScriptedLM
 from tests.test_optimize_support import MAGIC, make_lm
 

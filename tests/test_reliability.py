@@ -15,10 +15,10 @@ import dspy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refine.programs import AgentRefinePipeline
 
 from refine.data import ActionSpec, Script, Trajectory, Turn, Verdict
 from refine.export import export_run
+from refine.programs import AgentRefinePipeline
 from refine.synth import SynthConfig, run_synth
 from refine.testing import ScriptedLM
 from refine.verify import match_action, verify_script, verify_trajectory

@@ -6,9 +6,9 @@ from typing import Any
 
 import dspy
 import pytest
-from refine.programs.self_refine import build_graph, stop_when_satisfied
 
 from refine.errors import ConfigError
+from refine.programs.self_refine import build_graph, stop_when_satisfied
 from refine.programs_registry import load_graph
 from refine.testing import ScriptedLM
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+
+from refine.data import Script, Turn
 from refine.signatures import (
     EnvironmentStep,
     GenerateScript,
@@ -16,8 +18,6 @@ from refine.signatures import (
     drafts_to_turns,
     render_script,
 )
-
-from refine.data import Script, Turn
 from tests.test_synth_support import script_draft, tea_script, turn_drafts
 
 ALL = [GenerateScript, PlayTrajectory, PlayerAct, EnvironmentStep, InterpretFeedback, RefineAction]

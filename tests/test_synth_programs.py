@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dspy
 import pytest
-from refine.programs import AgentRefinePipeline, InteractiveRefine
-from refine.programs.agentrefine import build_graph
 
 from refine.envs.base import ToyEnv
 from refine.errors import ConfigError
 from refine.graph import GraphRunError
+from refine.programs import AgentRefinePipeline, InteractiveRefine
+from refine.programs.agentrefine import build_graph
 from refine.programs_registry import load_graph
 from refine.testing import ScriptedLM
 from refine.verify import verifier_metric

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import dspy
+
 from refine.optimizers.prompt_opt.config import BOOTSTRAP_PRESETS
 
 __all__ = ["CostEstimate", "calls_per_run", "estimate_cost", "predictor_prompt_tokens"]

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import dspy
 from pydantic import ValidationError
+
+from refine.errors import ConfigError
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
 from refine.optimizers.prompt_opt.artifacts import (
     REPORT_FILE,
@@ -36,8 +38,6 @@ from refine.optimizers.prompt_opt.artifacts import (
 from refine.optimizers.prompt_opt.budget import Budget, BudgetExhaustedError, Spend
 from refine.optimizers.prompt_opt.config import BOOTSTRAP_PRESETS, OptimizeConfig, load_examples, to_examples
 from refine.optimizers.prompt_opt.estimate import CostEstimate, estimate_cost
-
-from refine.errors import ConfigError
 
 __all__ = ["OptimizeResult", "evaluate_program", "optimize", "resolve_lm"]
 
