@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine.errors import ConfigError
 
-__all__ = ["PRESETS", "QuickstartConfig", "run_quickstart"]
+__all__ = ["PRESETS", "QuickstartConfig", "distill_rows", "evaluate_model", "run_quickstart", "synthesize_env"]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _env_factory(name: str, split: str, options: dict[str, Any]) -> Callable[[],
 _TRAIN_ENV_OPTIONS: dict[str, dict[str, Any]] = {"pddl": {"tasks": ["blocks"]}}
 
 
-def _synth_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
+def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes."""
     import dspy
 
@@ -189,7 +189,8 @@ def _synth_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     return {"accepted": accepted, "rejected": rejected, "failed": len(getattr(summary, "failed", []) or [])}
 
 
-def _distill(cfg: QuickstartConfig, sources: list[Path], out: Path) -> dict[str, Any]:
+def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation: str = "masked") -> dict[str, Any]:
+    """Distill the accepted trajectories of `sources` into `out` (the paper's ablations via `ablation`)."""
     from refine.distill import DistillConfig, distill
     from refine.distill.data import load_rows
 
@@ -203,6 +204,7 @@ def _distill(cfg: QuickstartConfig, sources: list[Path], out: Path) -> dict[str,
         out=out,
         base=None if cfg.student == "embedded" else cfg.student.removeprefix("local/"),
         max_steps=cfg.size("distill_steps"),
+        ablation=ablation,
         lora=cfg.lora,
         merge_lora=True,
         batch_size=2,
@@ -220,7 +222,8 @@ def _distill(cfg: QuickstartConfig, sources: list[Path], out: Path) -> dict[str,
     }
 
 
-def _evaluate(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
+def evaluate_model(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
+    """Evaluate a ChatAgent on `model` over the held-in and held-out environments; returns the summary."""
     from refine.eval import EvalConfig, evaluate
     from refine.lm import get_lm
     from refine.programs.agent import ChatAgent
@@ -273,9 +276,11 @@ def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -
     synth_dir, env_dir = out / "synth", out / "synth_env"
     student_dir = out / "student"
     stage("synth", lambda: _synth_oneshot(config, synth_dir), _done(synth_dir))
-    stage("synth_env", lambda: _synth_env(config, env_dir), _done(env_dir))
+    stage("synth_env", lambda: synthesize_env(config, env_dir), _done(env_dir))
     distilled = stage(
-        "distill", lambda: _distill(config, [synth_dir, env_dir], student_dir), (student_dir / "config.json").exists()
+        "distill",
+        lambda: distill_rows(config, [synth_dir, env_dir], student_dir),
+        (student_dir / "config.json").exists(),
     )
     models = {"base": config.student}
     if (student_dir / "config.json").exists():
@@ -283,7 +288,7 @@ def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -
     for label, model in models.items():
         stage(
             f"eval_{label}",
-            lambda m=model, lab=label: _evaluate(config, m, out / f"eval_{lab}"),
+            lambda m=model, lab=label: evaluate_model(config, m, out / f"eval_{lab}"),
             _done(out / f"eval_{label}"),
         )
 
