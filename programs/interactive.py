@@ -8,6 +8,7 @@ mistakes, which yields on-policy refinement data. Each run returns a verified `T
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,20 +25,29 @@ from refine.signatures.refine_action import RefineAction
 from refine.signatures.script import draft_to_script, render_script
 from refine.verify import match_action, verify_trajectory
 
-__all__ = ["InteractiveRefine", "build_graph", "script_from_env"]
+__all__ = ["InteractiveRefine", "action_pattern", "build_graph", "script_from_env"]
 
 _FLAGS = ("parameter_error", "place_error", "logic_error")
 
 
 def script_from_env(env: TextEnv, seed: int | None = None, task: str | None = None) -> tuple[Script, str]:
-    """Reset `env` and describe it as a `Script` (each available action a literal pattern); returns (script, obs)."""
-    import regex
+    """Reset `env` and describe it as a `Script`; returns (script, first observation).
 
+    Each available action becomes a verification pattern (`action_pattern`): a literal one ("turn left"), or, for a
+    template with `<slot>` placeholders as PDDL, ScienceWorld and TextWorld list them ("stack <block> <other
+    block>"), one group per slot. When the environment names its objects (`info["objects"]`, e.g. PDDL), each slot
+    is a named group whose allowed values are those objects, so the verifier checks parameters; otherwise a slot
+    matches any text and the environment's own feedback is the judge.
+    """
     first = env.reset(task=task, seed=seed)
-    actions = [
-        ActionSpec(name=a, description=a, pattern="^" + regex.escape(a) + "$")
-        for a in dict.fromkeys(first.available_actions)
-    ]
+    info = first.info or {}
+    descriptions = info.get("action_descriptions") or {}
+    objects = [str(o) for o in info.get("objects") or []]
+    actions = []
+    for a in dict.fromkeys(first.available_actions or []):
+        pattern = action_pattern(a, named=bool(objects))
+        spec = ActionSpec(name=a, description=descriptions.get(a, a), pattern=pattern)
+        actions.append(spec.model_copy(update={"parameters": dict.fromkeys(spec.parameter_names(), objects)}))
     script = Script(
         persona="",
         environment=f"{getattr(env, 'name', 'environment')}: {first.observation}",
@@ -46,6 +56,34 @@ def script_from_env(env: TextEnv, seed: int | None = None, task: str | None = No
         actions=actions,
     )
     return script, first.observation
+
+
+_SLOT = re.compile(r"<[^<>]+>")
+
+
+def action_pattern(action: str, *, named: bool = True) -> str:
+    """The verification regex of one available action: its literal text, each `<slot>` a group.
+
+    Args:
+        action: an available action, literal ("turn left") or a template ("pickup <block>").
+        named: slots become named groups `arg1`, `arg2`, ... (whose allowed values a `Script` lists); False makes them
+            non-capturing, for environments that do not name their objects.
+
+    Example:
+        >>> action_pattern("pickup <block>")
+        '^pickup\\\\ (?P<arg1>.+?)$'
+        >>> action_pattern("go <direction>", named=False)
+        '^go\\\\ (?:.+?)$'
+        >>> import regex; regex.fullmatch(action_pattern("connect <obj> to <obj>"), "connect red wire to battery")[2]
+        'battery'
+    """
+    import regex
+
+    parts = _SLOT.split(action)
+    out = regex.escape(parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        out += (f"(?P<arg{i}>.+?)" if named else "(?:.+?)") + regex.escape(part)
+    return "^" + out + "$"
 
 
 def _history(turns: list[Turn]) -> str:

@@ -13,6 +13,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "distill_steps": 4,
         "eval_episodes": 1,
         "eval_max_steps": 3,
-        "synth_max_steps": 8,
+        "synth_max_steps": 16,
         "max_attempts": 1,
     },
     "small": {
@@ -47,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "distill_steps": 30,
         "eval_episodes": 2,
         "eval_max_steps": 8,
-        "synth_max_steps": 12,
+        "synth_max_steps": 20,
         "max_attempts": 2,
     },
     "medium": {
@@ -126,10 +127,8 @@ def _synth_oneshot(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
 def _env_factory(name: str, split: str, options: dict[str, Any]) -> Callable[[], Any]:
     from refine.envs import make_env
 
-    def make() -> Any:
-        return make_env(name, split=split, **options) if name != "babyai" else make_env(name, **options)
-
-    return make
+    # Every env takes the split: training data come from the train range, evaluation from test, never the same seeds.
+    return functools.partial(make_env, name, split=split, **options)
 
 
 # Held-in environments whose expert answers fast from any state (PDDL: small blocks problems only).

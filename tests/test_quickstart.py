@@ -60,3 +60,12 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already done") >= 5
+
+
+@pytest.mark.parametrize("env", ["babyai", "pddl", "textworld", "scienceworld"])
+def test_on_policy_training_envs_draw_from_the_train_split(env):
+    """Training episodes must never come from the test seeds that evaluation uses (every env, BabyAI included)."""
+    from refine.quickstart import _env_factory
+
+    factory = _env_factory(env, "train", {})
+    assert factory.keywords["split"] == "train" and factory.args == (env,)

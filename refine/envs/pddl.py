@@ -232,7 +232,13 @@ class PDDLEnv:
             observation=self.describe(),
             instruction=f"Reach a state where all of these facts hold: {goal}.",
             available_actions=list(self._templates()),
-            info={"action_descriptions": self._templates(), "task": task, "problem": self.problem, "split": self.split},
+            info={
+                "action_descriptions": self._templates(),
+                "objects": sorted(_obj(o) for o in self._state.objects),
+                "task": task,
+                "problem": self.problem,
+                "split": self.split,
+            },
         )
 
     def step(self, action: str) -> EnvStep:
