@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -255,7 +256,9 @@ class TestTinyModel:
         loaded.prefix_cache.clear()
         with_prefix, batches = run_all()
         assert all(b.prefix_tokens > 0 for b in batches), batches
-        assert len(loaded.prefix_cache) == 1
+        # The system turn was computed once; each row's prompt + answer was then kept for its next turn.
+        assert len(loaded.prefix_cache) == 3
+        loaded.prefix_cache.clear()
         entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
         try:
             without_prefix, batches = run_all()
@@ -263,6 +266,55 @@ class TestTinyModel:
             loaded.prefix_cache_entries = entries
         assert all(b.prefix_tokens == 0 for b in batches)
         assert with_prefix == without_prefix, "reusing the prefix KV cache must not change greedy outputs"
+
+    def test_multi_turn_episodes_reuse_their_previous_turn_and_change_nothing(self, tiny_dir):
+        """Turn t+1 starts from the KV cache of turn t (prompt + answer): only the new message is computed."""
+        from dspy.lm15 import Config, Message, Request
+
+        from refine.lm.loader import load_model
+
+        lm = get_lm(f"local/{tiny_dir}", cache=False)
+        engine, loaded = lm.engine, load_model(lm.model)
+        system = "You act in a text world. Answer with one action. " * 4
+        openings = ["You see a door.", "A long corridor stretches north, lit by torches on both walls.", "Dark."]
+
+        def play(turns: int) -> tuple[list[list[str]], list]:
+            histories = [[Message.user(text)] for text in openings]
+            answers: list[list[str]] = [[] for _ in openings]
+            records = []
+
+            def turn(i: int) -> None:
+                request = Request(
+                    model=lm.model, system=system, messages=tuple(histories[i]), config=Config(max_tokens=8)
+                )
+                text = engine.complete(request).text
+                answers[i].append(text)
+                histories[i] += [Message.assistant(text), Message.user(f"Observation {len(answers[i])}: nothing.")]
+
+            for _ in range(turns):
+                before = len(engine.batches)
+                with ThreadPoolExecutor(len(openings)) as pool:
+                    list(pool.map(turn, range(len(openings))))
+                records.append(list(engine.batches)[before:])
+            return answers, records
+
+        loaded.prefix_cache.clear()
+        with_reuse, records = play(3)
+        first_prompt = sum(b.prompt_tokens for b in records[0])
+        for earlier, later in itertools.pairwise(records):
+            reused = sum(b.prefix_tokens for b in later)
+            # Every row reuses at least its whole previous prompt (more when the answer re-tokenizes identically).
+            assert reused >= sum(b.prompt_tokens for b in earlier), (earlier, later)
+        assert sum(b.prefix_tokens for b in records[0]) < first_prompt
+        assert len(loaded.prefix_cache) == len(openings), "one entry per episode: each turn replaces the previous"
+        entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
+        try:
+            without_reuse, records = play(3)
+        finally:
+            loaded.prefix_cache_entries = entries
+            loaded.prefix_cache.clear()
+        assert all(b.prefix_tokens == 0 for batch in records for b in batch)
+        assert with_reuse == without_reuse, "reusing earlier turns' KV caches must not change greedy outputs"
 
     def test_cache_answers_identical_calls_without_the_engine(self, tiny_dir, tmp_path):
         from refine.lm.resolve import configure_cache

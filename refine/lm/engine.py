@@ -3,8 +3,9 @@
 DSPy 3.4 calls `engine.complete(Request) -> Response` from many threads at once (`module.batch`, `dspy.Parallel`,
 `Evaluate`). Each call is turned into a job and queued to one worker thread per model, which collects jobs for a few
 milliseconds (up to `max_batch`), groups them by sampling settings, left-pads them and runs one `generate()` per group,
-then resolves every caller's future. Grammars (JSON schema from `response_format`, Lark from `GrammarChatAdapter`)
-are enforced per row by `refine.lm.decoding.RowsProcessor`.
+then resolves every caller's future. Each row starts from the KV cache of the longest cached prefix of its prompt
+(`refine.lm.kvcache`), so a multi-turn agent only computes its new tokens each turn. Grammars (JSON schema from
+`response_format`, Lark from `GrammarChatAdapter`) are enforced per row by `refine.lm.decoding.RowsProcessor`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()
 _MAX_WAIT_FACTOR = 5
-_MIN_PREFIX = 16  # shorter shared prefixes are not worth a cache copy
+_MIN_PREFIX = 16  # shorter cached prefixes are not worth a cache copy
 
 
 def _cache_kwarg() -> str:
@@ -45,7 +46,8 @@ def _cache_kwarg() -> str:
 class BatchRecord(NamedTuple):
     """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks).
 
-    `prefix_tokens` counts the shared prompt prefix (system turn) whose KV cache was reused instead of recomputed.
+    `prefix_tokens` counts the prompt tokens, over all rows, whose KV cache was reused instead of recomputed (each
+    row's longest cached prefix: its previous turn, or the system turn; see `refine.lm.kvcache`).
     """
 
     size: int
@@ -110,30 +112,40 @@ def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prom
     return n if 0 < n < len(prompt_ids) and prompt_ids[:n] == list(system_ids) else 0
 
 
-def _shared_prefix(jobs: list[_Job]) -> int:
-    """Tokens at the start of every prompt whose KV cache is reused: the common system turn (0 if none)."""
-    length = min(job.prefix_len for job in jobs)
-    if length < _MIN_PREFIX:
-        return 0
-    first = jobs[0].prompt_ids[:length]
-    if all(job.prompt_ids[:length] == first for job in jobs[1:]):
-        return length
-    return 0
-
-
-def _prefix_kv(loaded: LoadedModel, prefix: list[int], torch: Any) -> Any:
-    """The batch-1 KV cache of `prefix` (computed once, then served from the model's LRU store). Call under the lock."""
-    key = tuple(prefix)
-    store = loaded.prefix_cache
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
+def _prefix_kv(loaded: LoadedModel, prefix: list[int], torch: Any) -> list[tuple[Any, Any]]:
+    """The per-layer `(keys, values)` of `prefix`, `[heads, len, head_dim]` each (one forward pass, no cache)."""
     output = loaded.model(input_ids=torch.tensor([prefix], dtype=torch.long), use_cache=True)
     cache = output.get("cache") if output.get("cache") is not None else output.get("past_key_values")
-    store[key] = cache
-    while len(store) > loaded.prefix_cache_entries:
-        store.popitem(last=False)
-    return cache
+    return _layers(cache, 0, torch.arange(len(prefix)))
+
+
+def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
+    """Row `row` of a batched `DynamicCache`, at `positions` of its sequence axis, as per-layer `(keys, values)`."""
+    return [
+        (layer.keys[row].index_select(1, positions), layer.values[row].index_select(1, positions))
+        for layer in cache.layers
+    ]
+
+
+def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any) -> Any:
+    """A `DynamicCache` of `width` positions whose row i holds `parts[i] = (length, entry)` right-aligned.
+
+    Positions before a row's cached tokens stay zero; the attention mask hides them.
+    """
+    from transformers import DynamicCache
+
+    template = next(entry for n, entry in parts if n)
+    data = []
+    for layer, (k0, v0) in enumerate(template.layers):
+        keys = k0.new_zeros((len(parts), k0.shape[0], width, k0.shape[2]))
+        values = v0.new_zeros((len(parts), v0.shape[0], width, v0.shape[2]))
+        for row, (n, entry) in enumerate(parts):
+            if n:
+                k, v = entry.layers[layer]
+                keys[row, :, width - n :] = k[:, :n]
+                values[row, :, width - n :] = v[:, :n]
+        data.append((keys, values))
+    return DynamicCache(ddp_cache_data=data)
 
 
 class _Batcher:
@@ -367,23 +379,54 @@ class LocalEngine:
             for job, response in zip(chunk, results, strict=True):
                 job.future.set_result(response)
 
+    @staticmethod
+    def _cached_prefix(loaded: LoadedModel, job: _Job, torch: Any) -> tuple[int, Any]:
+        """`(tokens reused, entry)` for one job: the longest cached prefix, else the system turn (computed now)."""
+        store = loaded.prefix_cache
+        if store.max_entries <= 0:
+            return 0, None
+        limit = len(job.prompt_ids) - 1  # generate() needs at least one prompt token to feed
+        n, entry = store.lookup(job.prompt_ids, limit)
+        if n < job.prefix_len and job.prefix_len >= _MIN_PREFIX:
+            prefix = job.prompt_ids[: job.prefix_len]
+            store.put(prefix, _prefix_kv(loaded, prefix, torch))
+            n, entry = store.lookup(job.prompt_ids, limit)
+        return (n, entry) if n >= _MIN_PREFIX else (0, None)
+
+    @staticmethod
+    def _row_tokens(loaded: LoadedModel, output: Any, row: int, width: int, max_new: int) -> tuple[list[int], str]:
+        """A row's generated tokens up to (not including) its first EOS, and the finish reason."""
+        tokens = output[row, width:].tolist()[:max_new]
+        for index, token in enumerate(tokens):
+            if token in loaded.eos_ids:
+                return tokens[:index], "stop"
+        return tokens, "length"
+
+    @staticmethod
+    def _keep_kv(
+        loaded: LoadedModel,
+        jobs: list[_Job],
+        attention: Any,
+        cache: Any,
+        width: int,
+        rows_tokens: list[tuple[list[int], str]],
+        torch: Any,
+    ) -> None:
+        """Store each row's KV cache (its prompt and the generated tokens the model has seen) for the next turn."""
+        if cache is None or not getattr(cache, "layers", None):
+            return
+        seen = cache.layers[0].keys.shape[2] - width  # generated tokens fed back (all but the last)
+        for row, job in enumerate(jobs):
+            fed = rows_tokens[row][0][: max(0, seen)]
+            positions = torch.cat(
+                [torch.nonzero(attention[row], as_tuple=True)[0], torch.arange(width, width + len(fed))]
+            )
+            loaded.prefix_cache.put([*job.prompt_ids, *fed], _layers(cache, row, positions))
+
     def _generate(self, loaded: LoadedModel, jobs: list[_Job], torch: Any) -> list[Any]:
         from dspy.lm15 import Message, Response, Usage
 
         rows = len(jobs)
-        # Layout [shared prefix | left padding | rest of the prompt]: the prefix KV is computed once and reused, the
-        # padding is masked out, and position ids (cumsum of the mask) continue the prefix positions in every row.
-        shared = _shared_prefix(jobs)
-        width = shared + max(len(job.prompt_ids) - shared for job in jobs)
-        input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
-        attention = torch.zeros((rows, width), dtype=torch.long)
-        if shared:
-            input_ids[:, :shared] = torch.tensor(jobs[0].prompt_ids[:shared], dtype=torch.long)
-            attention[:, :shared] = 1
-        for row, job in enumerate(jobs):
-            rest = job.prompt_ids[shared:]
-            input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-            attention[row, width - len(rest) :] = 1
         grammars = [job.grammar for job in jobs]
         processor = RowsProcessor(
             loaded.ll_tokenizer() if any(grammars) else None,
@@ -408,28 +451,41 @@ class LocalEngine:
             torch.manual_seed(int(seed))
         started = time.perf_counter()
         with loaded.lock, torch.inference_mode():
+            # Each row starts from the longest cached prefix of its prompt (its own previous turn, or the shared
+            # system turn). Layout per row: [padding | cached tokens | padding | rest of the prompt], right-aligned
+            # in both parts; the mask hides the padding, and position ids (cumsum of the mask) count real tokens only.
+            parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
+            cached = max(n for n, _ in parts)
+            width = cached + max(len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True))
+            input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
+            attention = torch.zeros((rows, width), dtype=torch.long)
+            for row, (job, (n, _)) in enumerate(zip(jobs, parts, strict=True)):
+                if n:
+                    input_ids[row, cached - n : cached] = torch.tensor(job.prompt_ids[:n], dtype=torch.long)
+                    attention[row, cached - n : cached] = 1
+                rest = job.prompt_ids[n:]
+                input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+                attention[row, width - len(rest) :] = 1
             extra: dict[str, Any] = {}
-            if shared:
-                cache = copy.deepcopy(_prefix_kv(loaded, jobs[0].prompt_ids[:shared], torch))
-                cache.batch_repeat_interleave(rows)
-                extra[_cache_kwarg()] = cache
-            output = loaded.model.generate(
+            if cached:
+                extra[_cache_kwarg()] = _batched_cache(parts, cached, torch)
+            result = loaded.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 generation_config=generation,
                 logits_processor=[processor],
+                return_dict_in_generate=True,
                 **extra,
             )
+            output = result.sequences
+            rows_tokens = [self._row_tokens(loaded, output, row, width, job.max_new) for row, job in enumerate(jobs)]
+            if loaded.prefix_cache.max_entries > 0:
+                self._keep_kv(loaded, jobs, attention, result.past_key_values, width, rows_tokens, torch)
         seconds = time.perf_counter() - started
         responses = []
         produced = 0
         for row, job in enumerate(jobs):
-            tokens = output[row, width:].tolist()[: job.max_new]
-            finish = "length"
-            for index, token in enumerate(tokens):
-                if token in loaded.eos_ids:
-                    tokens, finish = tokens[:index], "stop"
-                    break
+            tokens, finish = rows_tokens[row]
             with loaded.tokenizer_lock:
                 text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
             stops = [text.find(s) for s in job.request.config.stop if s and s in text]
@@ -455,7 +511,7 @@ class LocalEngine:
                 output_tokens=produced,
                 grammar_rows=sum(1 for g in grammars if g),
                 grammar_seconds=processor.grammar_seconds,
-                prefix_tokens=shared,
+                prefix_tokens=sum(n for n, _ in parts),
             )
         )
         return responses

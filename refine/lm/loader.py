@@ -9,7 +9,6 @@ Model strings understood by the in-process engine:
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.errors import LMError
+from refine.lm.kvcache import PrefixKVStore
 
 __all__ = [
     "EMBEDDED",
@@ -103,9 +103,10 @@ class LoadedModel:
         lock: held around each `generate()`, so engines with different batch settings never run the model at once.
         tokenizer_lock: serializes tokenizer calls from caller threads (fast tokenizers are not re-entrant).
         load_seconds: wall time of the load.
-        prefix_cache: KV caches of shared prompt prefixes (the system turn), keyed by their token ids; guarded by
-            `lock` and trimmed to `prefix_cache_entries` (least recently used first).
-        prefix_cache_entries: how many prefixes to keep (`$REFINE_PREFIX_CACHE`, default 8; 0 disables reuse).
+        prefix_cache: KV caches of earlier prompts (and their answers), looked up by longest common prefix
+            (`refine.lm.kvcache.PrefixKVStore`); guarded by `lock`. Its budgets: `$REFINE_PREFIX_CACHE` sequences
+            (default 64; 0 disables reuse) and `$REFINE_PREFIX_CACHE_TOKENS` tokens (default 32768).
+        prefix_cache_entries: the store's sequence budget (settable; 0 disables reuse).
     """
 
     source: ModelSource
@@ -117,10 +118,22 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float = 0.0
-    prefix_cache: collections.OrderedDict[tuple[int, ...], Any] = field(default_factory=collections.OrderedDict)
-    prefix_cache_entries: int = field(default_factory=lambda: int(os.environ.get("REFINE_PREFIX_CACHE", "8")))
+    prefix_cache: PrefixKVStore = field(
+        default_factory=lambda: PrefixKVStore(
+            max_entries=int(os.environ.get("REFINE_PREFIX_CACHE", "64")),
+            max_tokens=int(os.environ.get("REFINE_PREFIX_CACHE_TOKENS", "32768")),
+        )
+    )
     _ll_tokenizer: Any = None
     _ll_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def prefix_cache_entries(self) -> int:
+        return self.prefix_cache.max_entries
+
+    @prefix_cache_entries.setter
+    def prefix_cache_entries(self, value: int) -> None:
+        self.prefix_cache.max_entries = int(value)
 
     @property
     def vocab_size(self) -> int:
