@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import re
@@ -28,6 +27,7 @@ import dspy
 
 from refine.data import Script, Verdict
 from refine.errors import ConfigError
+from refine.imports import import_object
 from refine.verify import verifier_metric
 
 __all__ = [
@@ -240,11 +240,7 @@ def resolve_metric(spec: str | Metric) -> Metric:
             f"Unknown metric {spec!r}. Use a built-in name ({', '.join(sorted(METRICS))}) "
             "or 'package.module:function' (a function of (example, prediction[, trace]))."
         )
-    mod_name, attr = spec.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"Cannot import metric {spec!r}: {exc}. Check the module path and function name.") from exc
+    fn = import_object(spec, "metric", form="package.module:function", hint="Check the module path and function name.")
     if not callable(fn):
         raise ConfigError(f"Metric {spec!r} is a {type(fn).__name__}, not a function.")
     return as_feedback_metric(fn)

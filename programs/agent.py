@@ -14,7 +14,6 @@ evaluation counts it as an invalid step.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import dspy
 
 from refine.errors import ConfigError
 from refine.formats import AGENT_INSTRUCTIONS, format_first_user, format_system, parse_assistant
+from refine.imports import import_object
 from refine.signatures.player import PlayerAct
 
 __all__ = ["AgentAction", "AgentSession", "ChatAgent", "ProgramAgent", "describe_actions", "resolve_agent"]
@@ -265,11 +265,8 @@ def resolve_agent(spec: str, lm: str | None = None, **lm_kwargs: Any) -> ChatAge
                 raise ConfigError(f"Saved agent {path!r} does not exist; pass a file written by ProgramAgent.save().")
             agent.load(path)
         return agent
-    module, sep, attr = spec.partition(":")
+    module, sep, _ = spec.partition(":")
     if sep and "." in module and not Path(spec).exists() and "/" not in module:
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"Cannot load agent factory {spec!r}: {exc}") from exc
+        factory = import_object(spec, "agent factory", form="package.module:factory")
         return factory(_lm(lm) if lm else None)
     return ChatAgent(_lm(spec))

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ import dspy
 from refine.envs.base import TextEnv, ToyEnv
 from refine.errors import ConfigError
 from refine.graph import ProgramGraph
+from refine.imports import import_object
 from refine.signatures.reflect import ReflectOnTrial, ReflexionAct
 
 __all__ = ["ENVS", "build_graph", "resolve_env_factory"]
@@ -37,11 +37,7 @@ def resolve_env_factory(env: str | EnvFactory, max_steps: int) -> EnvFactory:
     target = ENVS.get(env, env)
     if ":" not in target:
         raise ConfigError(f"Unknown environment {env!r}; use one of {sorted(ENVS)} or 'package.module:factory'.")
-    mod, attr = target.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"Cannot import environment {env!r}: {exc}") from exc
+    factory = import_object(target, "environment", form="package.module:factory")
     if factory is ToyEnv:
         return lambda: ToyEnv(max_steps=max_steps)
     return factory

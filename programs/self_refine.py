@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ import dspy
 
 from refine.errors import ConfigError
 from refine.graph import ProgramGraph
+from refine.imports import import_object
 from refine.signatures.self_refine import DraftOutput, RefineOutput, SelfFeedback
 
 __all__ = ["StopRule", "build_graph", "stop_when_satisfied"]
@@ -40,11 +40,7 @@ def _load(spec: Any, what: str) -> Any:
     if spec is None or callable(spec):
         return spec
     if isinstance(spec, str) and ":" in spec:
-        mod, attr = spec.split(":", 1)
-        try:
-            return getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"Cannot import {what} {spec!r}: {exc}") from exc
+        return import_object(spec, what, form="package.module:function")
     raise ConfigError(f"{what} must be a callable or 'package.module:function', got {spec!r}.")
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import json
 import logging
 import math
@@ -53,6 +52,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from refine.errors import ConfigError, LMError, RefineError, RunStoreError
+from refine.imports import import_object
 from refine.store import RunStore
 
 __all__ = [
@@ -200,17 +200,9 @@ _LM_CACHE_LOCK = threading.Lock()
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
-    module, sep, attr = ref.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigError(f"LM factory {ref!r} must look like 'package.module:function'.")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"Cannot import the LM factory {ref!r} ({exc}); is the module installed on every worker?"
-        ) from None
+    obj = import_object(
+        ref, "the LM factory", form="package.module:function", hint="Is the module installed on every worker?"
+    )
     if not callable(obj):
         raise ConfigError(f"LM factory {ref!r} is not callable.")
     return obj  # type: ignore[no-any-return]

@@ -6,11 +6,11 @@ a `GraphModule` or a zero-argument factory returning one of those, or a director
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from refine.errors import ConfigError, RefineError
+from refine.imports import import_object
 
 __all__ = ["BUILTIN", "load_graph", "load_program"]
 
@@ -30,12 +30,7 @@ def _resolve(spec: str) -> Any:
             f"Unknown program {spec!r}. Use a built-in name ({', '.join(sorted(BUILTIN))}), "
             "'package.module:attr', or a directory saved by `refine optimize`."
         )
-    mod_name, attr = target.split(":", 1)
-    try:
-        obj = getattr(importlib.import_module(mod_name), attr)
-    except Exception as exc:  # a user module may fail to import in any way (SyntaxError, its own errors)
-        raise ConfigError(f"Cannot load program {spec!r} from {target!r}: {type(exc).__name__}: {exc}") from exc
-    return obj
+    return import_object(target, "program")
 
 
 def load_graph(spec: str, **options: Any) -> Any:

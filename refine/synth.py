@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import random
 import threading
@@ -30,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine.data import Trajectory, Verdict, content_id
 from refine.errors import ConfigError, LMError
+from refine.imports import PY_PREFIX, load_py_lm
 
 __all__ = ["SynthConfig", "SynthWork", "plan_items", "resolve_lm", "run_synth", "synth_totals"]
 
 logger = logging.getLogger(__name__)
 
-PY_PREFIX = "py:"
 LOCAL_MAX_TOKENS = 2048
 _PROGRAM_OPTIONS = {"agentrefine": ("max_attempts", "min_refinements")}
 
@@ -71,18 +70,11 @@ def plan_items(personas: Sequence[str], n: int, seed: int = 0) -> list[dict[str,
 
 
 def resolve_lm(spec: str, **kwargs: Any) -> Any:
-    """Build the LM named by `spec`: `py:package.module:factory` (a zero-argument factory, e.g. a fake LM for tests),
-    else `refine.lm.get_lm(spec, **kwargs)` ('embedded', 'local/<dir>', any LiteLLM model string)."""
+    """Build the LM named by `spec`: `py:package.module:factory` (`refine.imports.load_py_lm`: a factory called with
+    `kwargs` or a dspy LM object, e.g. a fake LM for tests), else `refine.lm.get_lm(spec, **kwargs)` ('embedded',
+    'local/<dir>', any LiteLLM model string)."""
     if spec.startswith(PY_PREFIX):
-        target = spec[len(PY_PREFIX) :]
-        mod, sep, attr = target.partition(":")
-        if not sep:
-            raise ConfigError(f"LM spec {spec!r} must look like 'py:package.module:factory'.")
-        try:
-            factory = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"Cannot import the LM factory {target!r}: {exc}") from None
-        return factory(**kwargs)
+        return load_py_lm(spec, **kwargs)
     try:
         from refine.lm import get_lm, is_local_model
     except ImportError as exc:  # pragma: no cover - refine.lm ships with the package

@@ -111,12 +111,12 @@ def test_graph_show_no_validate_renders_a_broken_graph(spec_dir):
         ),
         (
             "cli_demo_graphs:missing",
-            "Error: Cannot load program 'cli_demo_graphs:missing' from 'cli_demo_graphs:missing': AttributeError: "
+            "Error: Cannot import program 'cli_demo_graphs:missing': AttributeError: "
             "module 'cli_demo_graphs' has no attribute 'missing'",
         ),
         (
             "no_such_module_xyz:graph",
-            "Error: Cannot load program 'no_such_module_xyz:graph' from 'no_such_module_xyz:graph': "
+            "Error: Cannot import program 'no_such_module_xyz:graph': "
             "ModuleNotFoundError: No module named 'no_such_module_xyz'",
         ),
         (

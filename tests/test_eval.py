@@ -237,7 +237,7 @@ class TestResolveAgent:
         assert isinstance(resolve_agent("tests.test_eval:scripted_agent"), ChatAgent)
         with pytest.raises(ConfigError, match=r"Saved agent 'nope\.json' does not exist"):
             resolve_agent("program:nope.json")
-        with pytest.raises(ConfigError, match=r"Cannot load agent factory 'tests\.test_eval:missing'"):
+        with pytest.raises(ConfigError, match=r"Cannot import agent factory 'tests\.test_eval:missing'"):
             resolve_agent("tests.test_eval:missing")
 
     def test_program_agent_state_round_trip(self, tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ import dspy
 from pydantic import ValidationError
 
 from refine.errors import ConfigError
+from refine.imports import PY_PREFIX, load_py_lm
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
 from refine.optimizers.prompt_opt.artifacts import (
     REPORT_FILE,
@@ -69,23 +69,12 @@ class OptimizeResult:
 
 
 def resolve_lm(spec: str | dspy.BaseLM | None, **lm_kwargs: Any) -> dspy.BaseLM | None:
-    """An LM from an object, `py:package.module:attr` (an LM or a zero-argument factory) or a model string
-    (`refine.lm.get_lm`: 'embedded', 'local/<dir>', LiteLLM strings)."""
+    """An LM from an object, `py:package.module:attr` (`refine.imports.load_py_lm`: an LM, or a factory called with
+    `lm_kwargs`) or a model string (`refine.lm.get_lm`: 'embedded', 'local/<dir>', LiteLLM strings)."""
     if spec is None or isinstance(spec, dspy.BaseLM):
         return spec
-    if spec.startswith("py:"):
-        target = spec[3:]
-        if ":" not in target:
-            raise ConfigError(f"LM spec {spec!r} must look like 'py:package.module:attr'.")
-        mod, attr = target.split(":", 1)
-        try:
-            obj = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"Cannot import LM {spec!r}: {exc}") from exc
-        obj = obj if isinstance(obj, dspy.BaseLM) else obj()
-        if not isinstance(obj, dspy.BaseLM):
-            raise ConfigError(f"LM spec {spec!r} gave a {type(obj).__name__}, not a dspy LM.")
-        return obj
+    if spec.startswith(PY_PREFIX):
+        return load_py_lm(spec, **lm_kwargs)
     from refine.lm import get_lm
 
     return get_lm(spec, **lm_kwargs)
