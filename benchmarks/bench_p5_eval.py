@@ -9,7 +9,8 @@ ScienceWorld JVM per worker that needs one).
 
 Run (on a shared machine, under the CPU lock):
 
-    flock /tmp/refine-cpu.lock python benchmarks/bench_p5_eval.py --episodes 2 --max-steps 4 --workers 8
+    flock /tmp/refine-cpu.lock python benchmarks/bench_p5_eval.py --episodes 8 --max-steps 3 --max-tokens 32 \\
+        --workers 8,16,32
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def run_mode(agent, envs: list[str], episodes: int, max_steps: int, workers: int
         "batch_sizes": dict(sorted(sizes.items())),
         "lm_seconds": round(sum(b.seconds for b in batches), 2),
         "output_tokens": sum(b.output_tokens for b in batches),
+        "prompt_tokens": sum(b.prompt_tokens for b in batches),
+        "reused_prompt_tokens": sum(b.prefix_tokens for b in batches),
         "success_rate": overall["success_rate"],
         "progress_rate": round(overall["progress_rate"], 4),
         "invalid_rate": round(overall["invalid_rate"], 4),
@@ -69,11 +72,15 @@ def main() -> None:
     parser.add_argument("--envs", default="babyai,scienceworld,pddl,textworld")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per environment")
     parser.add_argument("--max-steps", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", default="8", help="parallel worker counts to measure, comma-separated")
+    parser.add_argument("--threads", default="2", help="torch thread counts of the parallel modes, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (no KV reuse)")
     args = parser.parse_args()
     envs = [e for e in args.envs.split(",") if e]
+    workers_list = [int(w) for w in args.workers.split(",") if w]
+    threads_list = [int(t) for t in args.threads.split(",") if t]
     os.environ.setdefault("REFINE_CACHE", os.path.join(tempfile.gettempdir(), "refine-bench-p5"))
 
     from refine.envs import make_env
@@ -81,7 +88,7 @@ def main() -> None:
     from refine.programs.agent import ChatAgent
 
     # Warm-up: model load + one call, and each environment's first reset (imports, game generation).
-    lm = get_lm("embedded", max_tokens=args.max_tokens, temperature=0.0, cache=False, max_batch=max(16, args.workers))
+    lm = get_lm("embedded", max_tokens=args.max_tokens, temperature=0.0, cache=False, max_batch=max(16, *workers_list))
     engine = lm.engine
     t0 = time.perf_counter()
     lm("Say hello.")
@@ -93,18 +100,21 @@ def main() -> None:
             env.reset(seed=i)
         getattr(env, "close", lambda: None)()
     agent = ChatAgent(lm, max_turns=4)
+    from refine.lm.loader import load_model
+
+    loaded = load_model(lm.model)
+    if args.no_prefix_cache:
+        loaded.prefix_cache_entries = 0  # the engine before per-turn KV reuse (the system turn is not reused either)
 
     import torch
 
     # torch's intra-op threads spin on both cores; any environment work running beside a batch (a JVM, the BabyAI
     # bot, pddlgym) then stalls them. With one torch thread the other core is left to the environments.
     modes = {}
-    for name, workers, threads in (
-        ("parallel_1_thread", args.workers, 1),
-        ("parallel_2_threads", args.workers, 2),
-        ("sequential_2_threads", 1, 2),
-    ):
+    runs = [(f"parallel_{w}_workers_{t}_threads", w, t) for w in workers_list for t in threads_list]
+    for name, workers, threads in [*runs, ("sequential_2_threads", 1, 2)]:
         torch.set_num_threads(threads)
+        loaded.prefix_cache.clear()  # every mode starts cold: no KV kept from an earlier mode's episodes
         modes[name] = run_mode(agent, envs, args.episodes, args.max_steps, workers, engine)
         modes[name]["torch_threads"] = threads
     sequential = modes["sequential_2_threads"]
@@ -117,8 +127,12 @@ def main() -> None:
         "episodes_per_env": args.episodes,
         "max_steps": args.max_steps,
         "max_tokens": args.max_tokens,
+        "prefix_cache": not args.no_prefix_cache,
         "model_load_and_first_call_s": round(load_s, 2),
         **{name: {k: v for k, v in m.items() if k != "actions"} for name, m in modes.items()},
+        "speedup_vs_sequential": {
+            k: round(m["episodes_per_min"] / sequential["episodes_per_min"], 2) for k, m in modes.items()
+        },
         "speedup_best_parallel_vs_sequential": round(parallel["episodes_per_min"] / sequential["episodes_per_min"], 2),
         "episodes_with_identical_actions": f"{same}/{len(parallel['actions'])}",
     }

@@ -80,13 +80,22 @@ class _ChatSession:
         self.agent = agent
         self.task = task
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+        self._cut = 0  # index of the oldest recent message kept once the history outgrew the window (0: no cut yet)
 
     def _window(self) -> list[dict[str, str]]:
-        # Keep the system message, the first user turn (it holds the task) and the most recent exchanges.
+        """The system message, the first user turn (it holds the task) and the most recent exchanges.
+
+        Messages alternate (system, user, assistant, user, ...). Once more than `max_turns` recent turns accumulate,
+        the oldest are dropped down to `max_turns // 2`, and the window then grows again: the prompt keeps a stable
+        prefix for several turns, so the engine reuses its KV cache instead of recomputing the whole window at every
+        turn (which a window sliding by one turn would force).
+        """
         keep = self.agent.max_turns
-        if keep is None or len(self.messages) <= 2 + 2 * keep:
+        if keep is None or (not self._cut and len(self.messages) <= 2 + 2 * keep):
             return list(self.messages)
-        return self.messages[:2] + self.messages[-(2 * keep - 1) :]
+        if not self._cut or len(self.messages) - self._cut > 2 * keep - 1:
+            self._cut = len(self.messages) - (2 * max(1, keep // 2) - 1)
+        return self.messages[:2] + self.messages[self._cut :]
 
     def _request(self) -> Any:
         from dspy.lm15 import Config, Message, Request
@@ -132,7 +141,8 @@ class ChatAgent:
     Args:
         lm: A `dspy.LM` (e.g. `refine.lm.get_lm("embedded")` or `get_lm("local/<student dir>")`).
         instructions: The agent instructions at the top of the system message.
-        max_turns: Most recent (user, assistant) exchanges kept in the prompt besides the first one (None = all).
+        max_turns: Most recent (user, assistant) exchanges kept in the prompt besides the first one (None = all); past
+            it, the oldest are dropped down to half of it at once, so prompts keep a reusable prefix.
         lm_kwargs: Extra call arguments (e.g. `max_tokens`, `temperature`).
 
     Example:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 
 import dspy
@@ -248,3 +249,24 @@ class TestResolveAgent:
         agent.save(str(tmp_path / "agent.json"))
         loaded = resolve_agent(f"program:{tmp_path / 'agent.json'}")
         assert loaded.act.signature.instructions == "Always open doors first."
+
+
+def test_chat_window_drops_old_turns_in_blocks_so_prompts_keep_a_stable_prefix():
+    from refine.testing import ScriptedLM
+
+    seen: list[list[str]] = []
+
+    def reply(fields, inputs, messages):
+        seen.append([m["content"] for m in messages[1:]])
+        return "Thought: go\nAction: look"
+
+    session = ChatAgent(ScriptedLM(reply), max_turns=4).start("Win.", "A room.", ["look"])
+    for i in range(12):
+        session.act(f"obs {i}")
+    assert all("obs 0" in turn[0] for turn in seen), "the first user turn (the task) is always kept"
+    recent = [sum(1 for c in turn[1:] if c.startswith("obs")) for turn in seen]
+    # Grows to 4 recent turns, then drops to 2 and grows again: never more than max_turns, never a one-turn slide.
+    assert recent == [0, 1, 2, 3, 4, 2, 3, 4, 2, 3, 4, 2]
+    for before, after in itertools.pairwise(seen):
+        if len(after) > len(before):
+            assert after[: len(before)] == before, "between cuts each prompt extends the previous one"

@@ -316,6 +316,44 @@ class TestTinyModel:
         assert all(b.prefix_tokens == 0 for batch in records for b in batch)
         assert with_reuse == without_reuse, "reusing earlier turns' KV caches must not change greedy outputs"
 
+    def test_rows_with_very_different_uncached_lengths_are_prefilled_alone(self, tiny_dir):
+        """A new episode's long first turn batched with later turns of others: no row is padded to the longest."""
+        from dspy.lm15 import Config, Message, Request
+
+        from refine.lm.loader import load_model
+
+        lm = get_lm(f"local/{tiny_dir}", cache=False)
+        engine, loaded = lm.engine, load_model(lm.model)
+        system = "You act in a text world. Answer with one action. " * 4
+
+        def request(*texts: str) -> Request:
+            msgs = tuple(Message.user(t) if i % 2 == 0 else Message.assistant(t) for i, t in enumerate(texts))
+            return Request(model=lm.model, system=system, messages=msgs, config=Config(max_tokens=6))
+
+        warm = [request("Short start one."), request("Short start two.")]
+        long_first = request("A very long first observation of a brand new episode, " * 12)
+
+        def run() -> tuple[list[str], list]:
+            firsts = [engine.complete(r).text for r in warm]  # sequential: fills the store
+            later = [request(w.messages[0].text, t, "Next observation.") for w, t in zip(warm, firsts, strict=True)]
+            before = len(engine.batches)
+            with ThreadPoolExecutor(3) as pool:
+                texts = [r.text for r in pool.map(engine.complete, [*later, long_first])]
+            return firsts + texts, list(engine.batches)[before:]
+
+        loaded.prefix_cache.clear()
+        with_reuse, batches = run()
+        assert len(batches) == 1 and batches[0].size == 3, batches
+        # Every row was prefilled up to its last token before the batched decode.
+        assert batches[0].prefix_tokens == batches[0].prompt_tokens - 3
+        entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
+        try:
+            without_reuse, _ = run()
+        finally:
+            loaded.prefix_cache_entries = entries
+            loaded.prefix_cache.clear()
+        assert with_reuse == without_reuse
+
     def test_cache_answers_identical_calls_without_the_engine(self, tiny_dir, tmp_path):
         from refine.lm.resolve import configure_cache
 

@@ -12,7 +12,7 @@ def _kv(n: int, fill: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_lookup_returns_the_longest_common_prefix_capped_by_the_limit():
-    store = PrefixKVStore(max_entries=8, max_tokens=1000)
+    store = PrefixKVStore(max_entries=8, max_bytes=1 << 20)
     store.put([1, 2, 3], _kv(3, 1.0))
     store.put([1, 2, 9, 9, 9], _kv(5, 2.0))
     n, entry = store.lookup([1, 2, 9, 9, 4, 4], limit=10)
@@ -23,7 +23,7 @@ def test_lookup_returns_the_longest_common_prefix_capped_by_the_limit():
 
 
 def test_a_newer_turn_replaces_the_entry_it_extends():
-    store = PrefixKVStore(max_entries=8, max_tokens=1000)
+    store = PrefixKVStore(max_entries=8, max_bytes=1 << 20)
     store.put([1, 2, 3], _kv(3))
     store.put([1, 2, 3, 4, 5], _kv(5))  # the next turn of the same conversation
     assert len(store) == 1 and store.tokens == 5
@@ -34,16 +34,17 @@ def test_a_newer_turn_replaces_the_entry_it_extends():
 
 
 def test_budgets_evict_the_least_recently_used_and_zero_disables():
-    store = PrefixKVStore(max_entries=2, max_tokens=1000)
+    store = PrefixKVStore(max_entries=2, max_bytes=1 << 20)
     store.put([1, 1], _kv(2))
     store.put([2, 2], _kv(2))
     store.lookup([1, 1, 5], limit=3)  # touch [1, 1]
     store.put([3, 3], _kv(2))
     assert store.lookup([2, 2, 5], limit=3) == (0, None) and store.lookup([1, 1, 5], limit=3)[0] == 2
-    small = PrefixKVStore(max_entries=8, max_tokens=5)
+    per_token = 3 * 2 * 2 * 4 * 4  # layers x (keys, values) x heads x head_dim x float32 bytes
+    small = PrefixKVStore(max_entries=8, max_bytes=5 * per_token)
     small.put([1, 2, 3], _kv(3))
     small.put([4, 5, 6], _kv(3))
-    assert len(small) == 1 and small.tokens == 3
+    assert len(small) == 1 and small.tokens == 3 and small.nbytes == 3 * per_token
     small.put(list(range(10, 20)), _kv(10))  # larger than the whole budget: not kept
     assert small.tokens == 3
     off = PrefixKVStore(max_entries=0)

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 _MAX_WAIT_FACTOR = 5
 _MIN_PREFIX = 16  # shorter cached prefixes are not worth a cache copy
+_PAD_WASTE = 1.5  # prefill rows one by one when padding would add more than half the uncached prompt tokens
 
 
 def _cache_kwarg() -> str:
@@ -41,6 +42,12 @@ def _cache_kwarg() -> str:
     from importlib.metadata import version
 
     return "cache" if int(version("transformers").split(".")[0]) >= 5 else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    """The KV cache of a forward or generate() output (transformers 5 names it `cache`, 4 `past_key_values`)."""
+    fields = output.keys() if hasattr(output, "keys") else ()
+    return output["cache"] if "cache" in fields else getattr(output, "past_key_values", None)
 
 
 class BatchRecord(NamedTuple):
@@ -115,8 +122,7 @@ def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prom
 def _prefix_kv(loaded: LoadedModel, prefix: list[int], torch: Any) -> list[tuple[Any, Any]]:
     """The per-layer `(keys, values)` of `prefix`, `[heads, len, head_dim]` each (one forward pass, no cache)."""
     output = loaded.model(input_ids=torch.tensor([prefix], dtype=torch.long), use_cache=True)
-    cache = output.get("cache") if output.get("cache") is not None else output.get("past_key_values")
-    return _layers(cache, 0, torch.arange(len(prefix)))
+    return _layers(_cache_of(output), 0, torch.arange(len(prefix)))
 
 
 def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
@@ -394,6 +400,13 @@ class LocalEngine:
         return (n, entry) if n >= _MIN_PREFIX else (0, None)
 
     @staticmethod
+    def _extend(loaded: LoadedModel, tokens: list[int], n: int, entry: Any, torch: Any) -> None:
+        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (batch of one, no padding); keep it."""
+        extra = {_cache_kwarg(): _batched_cache([(n, entry)], n, torch)} if n else {}
+        output = loaded.model(input_ids=torch.tensor([tokens[n:]], dtype=torch.long), use_cache=True, **extra)
+        loaded.prefix_cache.put(tokens, _layers(_cache_of(output), 0, torch.arange(len(tokens))))
+
+    @staticmethod
     def _row_tokens(loaded: LoadedModel, output: Any, row: int, width: int, max_new: int) -> tuple[list[int], str]:
         """A row's generated tokens up to (not including) its first EOS, and the finish reason."""
         tokens = output[row, width:].tolist()[:max_new]
@@ -447,6 +460,7 @@ class LocalEngine:
         generation.eos_token_id = list(loaded.eos_ids)
         generation.min_new_tokens = None  # would ban EOS even where the grammar allows nothing else
         generation.min_length = 0
+        generation.return_dict_in_generate = True  # its KV cache is kept for the rows' next turns
         if seed is not None:
             torch.manual_seed(int(seed))
         started = time.perf_counter()
@@ -455,6 +469,15 @@ class LocalEngine:
             # system turn). Layout per row: [padding | cached tokens | padding | rest of the prompt], right-aligned
             # in both parts; the mask hides the padding, and position ids (cumsum of the mask) count real tokens only.
             parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
+            rests = [len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True)]
+            if rows > 1 and loaded.prefix_cache.max_entries > 0 and rows * max(rests) > _PAD_WASTE * sum(rests):
+                # Uncached parts of very different lengths (an episode's first turn beside later ones): padding them
+                # to the longest would multiply the prefill work, so prefill each row alone into the store; the
+                # batched generate() then feeds one token per row and batches only the decoding.
+                for job, (n, entry), rest in zip(jobs, parts, rests, strict=True):
+                    if rest > 1:
+                        self._extend(loaded, job.prompt_ids[:-1], n, entry, torch)
+                parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             cached = max(n for n, _ in parts)
             width = cached + max(len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True))
             input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
@@ -474,13 +497,12 @@ class LocalEngine:
                 attention_mask=attention,
                 generation_config=generation,
                 logits_processor=[processor],
-                return_dict_in_generate=True,
                 **extra,
             )
             output = result.sequences
             rows_tokens = [self._row_tokens(loaded, output, row, width, job.max_new) for row, job in enumerate(jobs)]
             if loaded.prefix_cache.max_entries > 0:
-                self._keep_kv(loaded, jobs, attention, result.past_key_values, width, rows_tokens, torch)
+                self._keep_kv(loaded, jobs, attention, _cache_of(result), width, rows_tokens, torch)
         seconds = time.perf_counter() - started
         responses = []
         produced = 0

@@ -5,7 +5,7 @@ whole history through the model every turn (prefill) is what dominates multi-tur
 `generate()` the engine keeps every row's KV cache (prompt + generated tokens) here, and the next request starts from
 the longest cached prefix of its prompt: only the new tokens are computed. A cache whose tokens are a prefix of a
 newer one is dropped (an episode keeps one entry, its latest turn), and the least recently used entries go first when
-the token budget is exceeded.
+the memory budget is exceeded.
 
 Entries hold per-layer `(keys, values)` tensors of shape `[heads, tokens, head_dim]` (one sequence, no batch axis).
 The store is not thread-safe: the engine uses it under the model's lock.
@@ -28,6 +28,11 @@ class KVEntry:
 
     tokens: np.ndarray
     layers: list[tuple[Any, Any]]
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.nbytes:
+            self.nbytes = sum(t.numel() * t.element_size() for pair in self.layers for t in pair)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -53,12 +58,12 @@ class PrefixKVStore:
 
     Args:
         max_entries: most sequences kept (0 disables caching).
-        max_tokens: most tokens kept over all entries (memory is about `tokens x layers x 2 x kv_heads x head_dim`
-            values; 32k tokens of SmolLM2-135M in float32 are 1.5 GB).
+        max_bytes: most memory held by the cached tensors (a token costs `layers x 2 x kv_heads x head_dim` values:
+            46 kB for SmolLM2-135M in float32, so the default 2 GiB holds about 46k tokens).
 
     Example:
         >>> import torch
-        >>> store = PrefixKVStore(max_entries=4, max_tokens=100)
+        >>> store = PrefixKVStore(max_entries=4, max_bytes=10_000)
         >>> kv = [(torch.zeros(1, 5, 2), torch.zeros(1, 5, 2))]
         >>> store.put([1, 2, 3, 4, 5], kv)
         >>> n, entry = store.lookup([1, 2, 3, 7], limit=3)
@@ -67,7 +72,7 @@ class PrefixKVStore:
     """
 
     max_entries: int = 64
-    max_tokens: int = 32768
+    max_bytes: int = 2 << 30
     hits: int = 0
     reused_tokens: int = 0
     _entries: collections.OrderedDict[int, KVEntry] = field(default_factory=collections.OrderedDict)
@@ -80,6 +85,11 @@ class PrefixKVStore:
     def tokens(self) -> int:
         """Tokens held over all entries."""
         return sum(len(e) for e in self._entries.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached tensors."""
+        return sum(e.nbytes for e in self._entries.values())
 
     def clear(self) -> None:
         self._entries.clear()
@@ -104,20 +114,20 @@ class PrefixKVStore:
 
     def put(self, tokens: list[int] | np.ndarray, layers: list[tuple[Any, Any]]) -> None:
         """Keep the KV cache of `tokens` (dropping entries it extends), then trim to the budgets."""
-        if self.max_entries <= 0 or len(tokens) == 0 or len(tokens) > self.max_tokens:
+        entry = KVEntry(np.asarray(tokens, dtype=np.int64), layers)
+        if self.max_entries <= 0 or len(entry) == 0 or entry.nbytes > self.max_bytes:
             return
-        key = np.asarray(tokens, dtype=np.int64)
-        n = key.shape[0]
+        n = len(entry)
         for old_id, old in list(self._entries.items()):
             m = len(old)
-            if m <= n and common_prefix(old.tokens, key) == m:
+            if m <= n and common_prefix(old.tokens, entry.tokens) == m:
                 del self._entries[old_id]  # a prefix of the new entry: it answers nothing the new one does not
-            elif m > n and common_prefix(old.tokens, key) == n:
+            elif m > n and common_prefix(old.tokens, entry.tokens) == n:
                 self._entries.move_to_end(old_id)  # the new one is a prefix of a cached one: nothing to add
                 return
         self._ids += 1
-        self._entries[self._ids] = KVEntry(key, layers)
-        total = self.tokens
-        while self._entries and (len(self._entries) > self.max_entries or total > self.max_tokens):
+        self._entries[self._ids] = entry
+        total = self.nbytes
+        while self._entries and (len(self._entries) > self.max_entries or total > self.max_bytes):
             _, dropped = self._entries.popitem(last=False)
-            total -= len(dropped)
+            total -= dropped.nbytes

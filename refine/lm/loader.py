@@ -105,7 +105,7 @@ class LoadedModel:
         load_seconds: wall time of the load.
         prefix_cache: KV caches of earlier prompts (and their answers), looked up by longest common prefix
             (`refine.lm.kvcache.PrefixKVStore`); guarded by `lock`. Its budgets: `$REFINE_PREFIX_CACHE` sequences
-            (default 64; 0 disables reuse) and `$REFINE_PREFIX_CACHE_TOKENS` tokens (default 32768).
+            (default 64; 0 disables reuse) and `$REFINE_PREFIX_CACHE_MB` of memory (default 2048).
         prefix_cache_entries: the store's sequence budget (settable; 0 disables reuse).
     """
 
@@ -121,7 +121,7 @@ class LoadedModel:
     prefix_cache: PrefixKVStore = field(
         default_factory=lambda: PrefixKVStore(
             max_entries=int(os.environ.get("REFINE_PREFIX_CACHE", "64")),
-            max_tokens=int(os.environ.get("REFINE_PREFIX_CACHE_TOKENS", "32768")),
+            max_bytes=int(float(os.environ.get("REFINE_PREFIX_CACHE_MB", "2048")) * (1 << 20)),
         )
     )
     _ll_tokenizer: Any = None
