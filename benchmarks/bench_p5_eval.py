@@ -59,6 +59,7 @@ def run_mode(agent, envs: list[str], episodes: int, max_steps: int, workers: int
         "output_tokens": sum(b.output_tokens for b in batches),
         "prompt_tokens": sum(b.prompt_tokens for b in batches),
         "reused_prompt_tokens": sum(b.prefix_tokens for b in batches),
+        "rows_prefilled_alone": sum(b.solo_prefill_rows for b in batches),
         "success_rate": overall["success_rate"],
         "progress_rate": round(overall["progress_rate"], 4),
         "invalid_rate": round(overall["invalid_rate"], 4),

@@ -344,8 +344,9 @@ class TestTinyModel:
         loaded.prefix_cache.clear()
         with_reuse, batches = run()
         assert len(batches) == 1 and batches[0].size == 3, batches
-        # Every row was prefilled up to its last token before the batched decode.
-        assert batches[0].prefix_tokens == batches[0].prompt_tokens - 3
+        # Every row was prefilled alone up to its last token, then the three were decoded together.
+        assert batches[0].solo_prefill_rows == 3
+        assert 0 < batches[0].prefix_tokens < batches[0].prompt_tokens
         entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
         try:
             without_reuse, _ = run()

@@ -54,7 +54,8 @@ class BatchRecord(NamedTuple):
     """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks).
 
     `prefix_tokens` counts the prompt tokens, over all rows, whose KV cache was reused instead of recomputed (each
-    row's longest cached prefix: its previous turn, or the system turn; see `refine.lm.kvcache`).
+    row's longest cached prefix: its previous turn, or the system turn; see `refine.lm.kvcache`). `solo_prefill_rows`
+    counts the rows whose uncached prompt was computed alone before the batched decoding (lengths too uneven to pad).
     """
 
     size: int
@@ -64,6 +65,7 @@ class BatchRecord(NamedTuple):
     grammar_rows: int
     grammar_seconds: float
     prefix_tokens: int = 0
+    solo_prefill_rows: int = 0
 
 
 @dataclass
@@ -470,6 +472,8 @@ class LocalEngine:
             # in both parts; the mask hides the padding, and position ids (cumsum of the mask) count real tokens only.
             parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             rests = [len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True)]
+            reused = sum(n for n, _ in parts)  # from earlier calls (rows prefilled alone below are not reuse)
+            solo = 0
             if rows > 1 and loaded.prefix_cache.max_entries > 0 and rows * max(rests) > _PAD_WASTE * sum(rests):
                 # Uncached parts of very different lengths (an episode's first turn beside later ones): padding them
                 # to the longest would multiply the prefill work, so prefill each row alone into the store; the
@@ -477,6 +481,7 @@ class LocalEngine:
                 for job, (n, entry), rest in zip(jobs, parts, rests, strict=True):
                     if rest > 1:
                         self._extend(loaded, job.prompt_ids[:-1], n, entry, torch)
+                        solo += 1
                 parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             cached = max(n for n, _ in parts)
             width = cached + max(len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True))
@@ -533,7 +538,8 @@ class LocalEngine:
                 output_tokens=produced,
                 grammar_rows=sum(1 for g in grammars if g),
                 grammar_seconds=processor.grammar_seconds,
-                prefix_tokens=sum(n for n, _ in parts),
+                prefix_tokens=reused,
+                solo_prefill_rows=solo,
             )
         )
         return responses
