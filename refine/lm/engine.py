@@ -135,12 +135,16 @@ def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
     ]
 
 
-def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any) -> Any:
-    """A `DynamicCache` of `width` positions whose row i holds `parts[i] = (length, entry)` right-aligned.
+def _batched_cache(
+    parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any = None, capacity: int = 0
+) -> Any:
+    """A KV cache of `width` positions whose row i holds `parts[i] = (length, entry)` right-aligned.
 
-    Positions before a row's cached tokens stay zero; the attention mask hides them.
+    Positions before a row's cached tokens stay zero; the attention mask hides them. With `capacity` (and the model's
+    `config`) it is a `StaticCache` of that many positions, which generate() fills in place: a `DynamicCache` copies
+    the whole cache at every decoding step (25% of a step for 16 rows of 1,000 tokens on 2 CPU cores).
     """
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
     template = next(entry for n, entry in parts if n)
     data = []
@@ -153,7 +157,12 @@ def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any) -> Any:
                 keys[row, :, width - n :] = k[:, :n]
                 values[row, :, width - n :] = v[:, :n]
         data.append((keys, values))
-    return DynamicCache(ddp_cache_data=data)
+    if not capacity:
+        return DynamicCache(ddp_cache_data=data)
+    cache = StaticCache(config=config, max_cache_len=capacity)
+    for layer, (keys, values) in zip(cache.layers, data, strict=True):
+        layer.update(keys, values)
+    return cache
 
 
 class _Batcher:
@@ -430,7 +439,7 @@ class LocalEngine:
         """Store each row's KV cache (its prompt and the generated tokens the model has seen) for the next turn."""
         if cache is None or not getattr(cache, "layers", None):
             return
-        seen = cache.layers[0].keys.shape[2] - width  # generated tokens fed back (all but the last)
+        seen = int(cache.get_seq_length()) - width  # generated tokens fed back (all but the last)
         for row, job in enumerate(jobs):
             fed = rows_tokens[row][0][: max(0, seen)]
             positions = torch.cat(
@@ -496,7 +505,9 @@ class LocalEngine:
                 attention[row, width - len(rest) :] = 1
             extra: dict[str, Any] = {}
             if cached:
-                extra[_cache_kwarg()] = _batched_cache(parts, cached, torch)
+                extra[_cache_kwarg()] = _batched_cache(
+                    parts, cached, torch, config=loaded.model.config, capacity=width + generation.max_new_tokens
+                )
             result = loaded.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
