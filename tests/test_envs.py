@@ -196,6 +196,32 @@ class TestTextWorld:
         env.reset(seed=0)  # from the cache, not regenerated
         assert (tmp_path / "cooking-test-0.z8").stat().st_mtime_ns == mtime
 
+    def test_concurrent_resets_and_steps_do_not_break_the_game_loader(self, tmp_path):
+        """TextWorld's logic parser is one global object: threads loading games at once used to crash it."""
+        import subprocess
+        import sys
+
+        from refine.envs.textworld import make_game_file
+
+        for task, seed in (("simple", 0), ("cooking", 1)):
+            make_game_file(task, seed, "test", tmp_path)
+        # The race is in the first load of a process (TextWorld builds its parser lazily): load in a fresh one.
+        script = f"""
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from refine.envs import make_env
+
+def episode(i):
+    env = make_env("textworld", cache_dir=Path({str(tmp_path)!r}), tasks=["simple", "cooking"])
+    first = env.reset(seed=i % 2)
+    return bool(first.instruction) and not env.step(env.walkthrough[0]).invalid
+
+with ThreadPoolExecutor(6) as pool:
+    print(all(pool.map(episode, range(6))))
+"""
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+
     def test_perturbed_walkthrough(self, tmp_path):
         env = make_env("textworld", cache_dir=tmp_path, perturb=True)
         env.reset("simple", seed=0)

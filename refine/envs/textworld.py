@@ -55,6 +55,9 @@ DESCRIPTION = (
 
 _STATUS = re.compile(r"\n*>\s*(-=.*?=-[^\n]*)?\s*$", re.S)
 _LOCK = threading.Lock()
+# TextWorld parses game logic with one module-level tatsu parser, which is not thread-safe: two threads loading games
+# at once fail with "IndexError: pop from empty list" or a TypeError. Loading and stepping games share this lock.
+_GAME_LOCK = threading.RLock()
 
 
 def game_cache_dir() -> Path:
@@ -159,6 +162,10 @@ class TextWorldEnv:
         seed = seed or 0
         task = task or self.tasks[seed % len(self.tasks)]
         path = make_game_file(task, seed, self.split, self.cache_dir)
+        with _GAME_LOCK:
+            return self._start(path, task, seed)
+
+    def _start(self, path: Path, task: str, seed: int) -> EnvObservation:
         if self._env is not None:
             self._env.close()
         infos = self._tw.EnvInfos(
@@ -201,7 +208,8 @@ class TextWorldEnv:
         self._steps += 1
         a = normalize_action(action)
         invalid = a not in {c.lower() for c in self._admissible}
-        state, score, done = self._env.step(a)
+        with _GAME_LOCK:
+            state, score, done = self._env.step(a)
         self._admissible = list(state.admissible_commands or [])
         self.walkthrough = list(state.policy_commands or [])  # TextWorld replans from the current state
         success = bool(state.won)
