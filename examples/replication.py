@@ -66,19 +66,51 @@ def main() -> None:
     (args.out / "results.md").write_text(_table(results))
 
 
-def _table(results: dict[str, Any]) -> str:
-    def cell(summary: dict[str, Any] | None, group: str) -> str:
-        if not summary or group not in summary:
-            return "-"
-        m = summary[group]["base"]
-        return f"{m['success_rate']:.2f} / {m['progress_rate']:.2f}"
+def _rates(summary: dict[str, Any] | None, group: str) -> tuple[float, float] | None:
+    if not summary or group not in summary:
+        return None
+    m = summary[group]["base"]
+    return float(m["success_rate"]), float(m["progress_rate"])
 
-    lines = ["| model | seed | held-in SR / PR | held-out SR / PR |", "|---|---|---|---|"]
-    lines.append(f"| base | - | {cell(results.get('base'), 'held_in')} | {cell(results.get('base'), 'held_out')} |")
+
+def _cell(rates: tuple[float, float] | None) -> str:
+    return "-" if rates is None else f"{rates[0]:.2f} / {rates[1]:.2f}"
+
+
+def _table(results: dict[str, Any]) -> str:
+    """Markdown: one row per (ablation, seed), then the mean over seeds per ablation.
+
+    Example:
+        >>> ev = {"held_in": {"base": {"success_rate": 0.5, "progress_rate": 0.75}},
+        ...       "held_out": {"base": {"success_rate": 0.0, "progress_rate": 0.25}}}
+        >>> runs = [{"seed": s, "ablation": "masked", "eval": ev, "synth": {"accepted": 3},
+        ...          "distill": {"first_loss": 0.8, "last_loss": 0.1}} for s in (0, 1)]
+        >>> print(_table({"runs": runs}).splitlines()[-1])
+        | masked | 2 | 0.50 / 0.75 | 0.00 / 0.25 |
+    """
+    lines = [
+        "| model | seed | accepted | held-in SR / PR | held-out SR / PR | train loss first -> last |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = results.get("base")
+    lines.append(f"| base | - | - | {_cell(_rates(base, 'held_in'))} | {_cell(_rates(base, 'held_out'))} | - |")
     for r in results["runs"]:
+        d = r.get("distill") or {}
+        loss = f"{d['first_loss']:.3f} -> {d['last_loss']:.3f}" if d.get("first_loss") is not None else "-"
+        accepted = (r.get("synth") or {}).get("accepted", "-")
         lines.append(
-            f"| {r['ablation']} | {r['seed']} | {cell(r['eval'], 'held_in')} | {cell(r['eval'], 'held_out')} |"
+            f"| {r['ablation']} | {r['seed']} | {accepted} | {_cell(_rates(r['eval'], 'held_in'))} | "
+            f"{_cell(_rates(r['eval'], 'held_out'))} | {loss} |"
         )
+    lines += ["", "| model | seeds | mean held-in SR / PR | mean held-out SR / PR |", "|---|---|---|---|"]
+    for ablation in dict.fromkeys(r["ablation"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["ablation"] == ablation and r.get("eval")]
+        cells = []
+        for group in ("held_in", "held_out"):
+            rates = [x for x in (_rates(r["eval"], group) for r in runs) if x is not None]
+            mean = (sum(x[0] for x in rates) / len(rates), sum(x[1] for x in rates) / len(rates)) if rates else None
+            cells.append(_cell(mean))
+        lines.append(f"| {ablation} | {len(runs)} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -140,10 +140,12 @@ class ProgramGraph:
 
     Example:
         >>> import dspy
-        >>> g = ProgramGraph("qa", inputs=["question"])
-        >>> g.add_node("answer", dspy.Predict("question -> answer"))
-        >>> g.add_node("shout", lambda answer: {"loud": answer.upper()}, inputs=["answer"], outputs=["loud"])
-        >>> g.add_edge("answer", "shout")
+        >>> g = (
+        ...     ProgramGraph("qa", inputs=["question"])  # add_node / add_edge return the graph, so calls chain
+        ...     .add_node("answer", dspy.Predict("question -> answer"))
+        ...     .add_node("shout", lambda answer: {"loud": answer.upper()}, inputs=["answer"], outputs=["loud"])
+        ...     .add_edge("answer", "shout")
+        ... )
         >>> g.validate()
         >>> print(g.to_mermaid().splitlines()[0])
         flowchart TD
