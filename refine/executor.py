@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import math
 import os
@@ -374,10 +373,10 @@ def _run_threads(
 
 # ---------------------------------------------------------------------------------------------------------- ray
 class _ShardStore(RunStore):
-    """A Ray worker's shard store that picks up other processes' keys incrementally (new bytes only).
+    """A Ray worker's shard store, kept across the tasks of one worker process.
 
-    A worker process keeps its store across tasks; before each task it reads only what was appended since, so a
-    retried task sees what a dead attempt wrote without re-reading the whole run (gigabytes at paper scale).
+    Before each task it calls `refresh()`, which reads only what was appended since (`RunStore` keeps per-file
+    offsets), so a retried task sees what a dead attempt wrote without re-reading the whole run.
     """
 
     def __init__(self, path: str, shard: str) -> None:
@@ -389,9 +388,7 @@ class _ShardStore(RunStore):
                 f"The run directory {path} is not visible on Ray node {socket.gethostname()}. With a multi-node "
                 "cluster put --out on a file system that every node mounts at the same path (NFS, Lustre, EFS)."
             )
-        super().__init__(path, shard=shard)
-        self._offsets: dict[Path, int] = {}
-        self.refresh()
+        super().__init__(path, shard=shard)  # indexes every file; later `refresh()` calls read only new bytes
 
     def stale(self) -> bool:
         """True when the run directory was deleted (and maybe made again) since this store opened it.
@@ -404,23 +401,6 @@ class _ShardStore(RunStore):
             return f is None or os.fstat(f.fileno()).st_nlink == 0
         except (OSError, ValueError):
             return True
-
-    def refresh(self) -> None:
-        with self._lock:
-            for p in self._files():
-                start = self._offsets.get(p, 0)
-                with open(p, "rb") as f:
-                    f.seek(start)
-                    data = f.read()
-                end = data.rfind(b"\n") + 1  # a torn last line is left for the next refresh
-                for line in data[:end].splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and "key" in rec:
-                        self._keys.add(rec["key"])
-                self._offsets[p] = start + end
 
 
 _WORKER_STORES: dict[str, _ShardStore] = {}

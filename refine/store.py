@@ -134,6 +134,7 @@ class RunStore:
         self._lock = threading.Lock()
         self._secrets = _secret_values()
         self._keys: set[str] = set()
+        self._offsets: dict[Path, int] = {}  # bytes of each file already indexed (complete lines only)
         self._fds: dict[str, int] = {}
         config = _normalize_config(config, self._secrets)
         exists = (self.path / "manifest.json").exists()
@@ -229,9 +230,25 @@ class RunStore:
                     f.truncate(cut)
                     f.flush()
                     os.fsync(f.fileno())
-            for rec in self._iter_file(p):
-                if "key" in rec:
-                    self._keys.add(rec["key"])
+        self._read_new()
+
+    def _read_new(self) -> None:
+        """Index the complete lines appended to each file since the last read (a torn last line waits for later)."""
+        for p in self._files():
+            start = self._offsets.get(p, 0)
+            with open(p, "rb") as f:
+                f.seek(start)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # torn by a crash, or being written by another worker: read it once complete
+                    start += len(line)
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(rec, dict) and "key" in rec:
+                        self._keys.add(rec["key"])
+            self._offsets[p] = start
 
     @staticmethod
     def _iter_file(p: Path) -> Iterator[dict[str, Any]]:
@@ -251,12 +268,9 @@ class RunStore:
         return set(self._keys)
 
     def refresh(self) -> None:
-        """Re-read keys written by other processes (shards) since this store opened."""
+        """Pick up keys written by other processes (shards) since the last read; only the new bytes are read."""
         with self._lock:
-            for p in self._files():
-                for rec in self._iter_file(p):
-                    if "key" in rec:
-                        self._keys.add(rec["key"])
+            self._read_new()
 
     def append(self, kind: str, record: Mapping[str, Any] | Any, key: str) -> bool:
         """Append one record to `<kind>.jsonl` unless `key` is already in the run. Returns True when written."""

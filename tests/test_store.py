@@ -180,9 +180,14 @@ class TestLockAndShards:
         assert not main.has("a")
         main.refresh()
         assert main.keys() == {"a", "b", "c"}
+        # refresh() reads only what was appended since the last read: its offsets sit at each file's end
+        assert main._offsets == {p: p.stat().st_size for p in (tmp_path / "run").glob("*.jsonl")}
+        s0.append("accepted", {"x": 3}, key="d")
+        main.refresh()
+        assert main.has("d") and main._offsets == {p: p.stat().st_size for p in (tmp_path / "run").glob("*.jsonl")}
         for s in (s0, s1, main):
             s.close()
-        assert RunStore.open_existing(tmp_path / "run").keys() == {"a", "b", "c"}
+        assert RunStore.open_existing(tmp_path / "run").keys() == {"a", "b", "c", "d"}
 
     def test_open_existing_needs_a_run_dir(self, tmp_path):
         with pytest.raises(RunStoreError, match=r"is not a run directory \(no manifest\.json\)"):
