@@ -220,46 +220,44 @@ class RunStore:
         return sorted(p for p in self.path.glob(pattern) if kind is None or p.name.split(".")[0] == kind)
 
     def _repair_and_index(self) -> None:
-        for p in self._files():
+        self._read_new()
+        for p, end in self._offsets.items():
             own = p.name.endswith(f".{self.shard}.jsonl") if self.shard else p.name.count(".") == 1
-            data = p.read_bytes()
-            if own and data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                # Only the file this store owns is truncated: another shard's writer may still be appending.
+            if own and p.stat().st_size > end:
+                # A torn last line (a crash mid-write): cut it. Only the file this store owns is truncated: another
+                # shard's writer may still be appending.
                 with open(p, "r+b") as f:
-                    f.truncate(cut)
+                    f.truncate(end)
                     f.flush()
                     os.fsync(f.fileno())
-        self._read_new()
 
     def _read_new(self) -> None:
         """Index the complete lines appended to each file since the last read (a torn last line waits for later)."""
         for p in self._files():
-            start = self._offsets.get(p, 0)
-            with open(p, "rb") as f:
-                f.seek(start)
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break  # torn by a crash, or being written by another worker: read it once complete
-                    start += len(line)
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(rec, dict) and "key" in rec:
-                        self._keys.add(rec["key"])
-            self._offsets[p] = start
+            end = self._offsets.get(p, 0)
+            for end_of_line, rec in self._scan(p, end):
+                end = end_of_line
+                if isinstance(rec, dict) and "key" in rec:
+                    self._keys.add(rec["key"])
+            self._offsets[p] = end
 
     @staticmethod
-    def _iter_file(p: Path) -> Iterator[dict[str, Any]]:
+    def _scan(p: Path, start: int = 0) -> Iterator[tuple[int, Any]]:
+        """`(offset after the line, decoded record or None)` for each complete line of `p` from byte `start`."""
         with open(p, "rb") as f:
+            f.seek(start)
             for line in f:
                 if not line.endswith(b"\n"):
-                    break  # torn by a crash, being written by another worker
+                    break  # torn by a crash, or being written by another worker: read it once complete
+                start += len(line)
                 try:
-                    yield json.loads(line)
+                    yield start, json.loads(line)
                 except json.JSONDecodeError:
-                    continue
+                    yield start, None
+
+    @classmethod
+    def _iter_file(cls, p: Path) -> Iterator[dict[str, Any]]:
+        return (rec for _, rec in cls._scan(p) if rec is not None)
 
     def has(self, key: str) -> bool:
         return key in self._keys
