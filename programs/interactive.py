@@ -47,7 +47,7 @@ def script_from_env(env: TextEnv, seed: int | None = None, task: str | None = No
     for a in dict.fromkeys(first.available_actions or []):
         pattern = action_pattern(a, named=bool(objects))
         spec = ActionSpec(name=a, description=descriptions.get(a, a), pattern=pattern)
-        actions.append(spec.model_copy(update={"parameters": dict.fromkeys(spec.parameter_names(), objects)}))
+        actions.append(spec.model_copy(update={"parameters": {name: list(objects) for name in spec.parameter_names()}}))
     script = Script(
         persona="",
         environment=f"{getattr(env, 'name', 'environment')}: {first.observation}",

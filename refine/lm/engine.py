@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
 import itertools
 import logging
 import queue
@@ -37,6 +38,7 @@ _MIN_PREFIX = 16  # shorter cached prefixes are not worth a cache copy
 _PAD_WASTE = 1.5  # prefill rows one by one when padding would add more than half the uncached prompt tokens
 
 
+@functools.cache
 def _cache_kwarg() -> str:
     """generate()'s keyword for a ready KV cache: transformers 5 renamed `past_key_values` to `cache`."""
     from importlib.metadata import version
@@ -121,14 +123,8 @@ def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prom
     return n if 0 < n < len(prompt_ids) and prompt_ids[:n] == list(system_ids) else 0
 
 
-def _prefix_kv(loaded: LoadedModel, prefix: list[int], torch: Any) -> list[tuple[Any, Any]]:
-    """The per-layer `(keys, values)` of `prefix`, `[heads, len, head_dim]` each (one forward pass, no cache)."""
-    output = loaded.model(input_ids=torch.tensor([prefix], dtype=torch.long), use_cache=True)
-    return _layers(_cache_of(output), 0, torch.arange(len(prefix)))
-
-
 def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
-    """Row `row` of a batched `DynamicCache`, at `positions` of its sequence axis, as per-layer `(keys, values)`."""
+    """Row `row` of a batched KV cache, at `positions` of its sequence axis, as per-layer `(keys, values)` copies."""
     return [
         (layer.keys[row].index_select(1, positions), layer.values[row].index_select(1, positions))
         for layer in cache.layers
@@ -405,14 +401,14 @@ class LocalEngine:
         limit = len(job.prompt_ids) - 1  # generate() needs at least one prompt token to feed
         n, entry = store.lookup(job.prompt_ids, limit)
         if n < job.prefix_len and job.prefix_len >= _MIN_PREFIX:
-            prefix = job.prompt_ids[: job.prefix_len]
-            store.put(prefix, _prefix_kv(loaded, prefix, torch))
+            LocalEngine._extend(loaded, job.prompt_ids[: job.prefix_len], 0, None, torch)
             n, entry = store.lookup(job.prompt_ids, limit)
         return (n, entry) if n >= _MIN_PREFIX else (0, None)
 
     @staticmethod
     def _extend(loaded: LoadedModel, tokens: list[int], n: int, entry: Any, torch: Any) -> None:
-        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (batch of one, no padding); keep it."""
+        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (batch of one, no padding; n may be
+        0) and keep it in the store."""
         extra = {_cache_kwarg(): _batched_cache([(n, entry)], n, torch)} if n else {}
         output = loaded.model(input_ids=torch.tensor([tokens[n:]], dtype=torch.long), use_cache=True, **extra)
         loaded.prefix_cache.put(tokens, _layers(_cache_of(output), 0, torch.arange(len(tokens))))
