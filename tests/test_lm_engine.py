@@ -316,7 +316,7 @@ class TestTinyModel:
         assert all(b.prefix_tokens == 0 for batch in records for b in batch)
         assert with_reuse == without_reuse, "reusing earlier turns' KV caches must not change greedy outputs"
 
-    def test_rows_with_very_different_uncached_lengths_are_prefilled_alone(self, tiny_dir):
+    def test_rows_with_very_different_uncached_lengths_are_prefilled_in_buckets(self, tiny_dir):
         """A new episode's long first turn batched with later turns of others: no row is padded to the longest."""
         from dspy.lm15 import Config, Message, Request
 
@@ -344,8 +344,9 @@ class TestTinyModel:
         loaded.prefix_cache.clear()
         with_reuse, batches = run()
         assert len(batches) == 1 and batches[0].size == 3, batches
-        # Every row was prefilled alone up to its last token, then the three were decoded together.
-        assert batches[0].solo_prefill_rows == 3
+        # Every row was prefilled up to its last token (the two later turns together, the long first turn alone),
+        # then the three were decoded together.
+        assert (batches[0].prefilled_rows, batches[0].prefill_passes) == (3, 2)
         assert 0 < batches[0].prefix_tokens < batches[0].prompt_tokens
         entries, loaded.prefix_cache_entries = loaded.prefix_cache_entries, 0
         try:

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 _MAX_WAIT_FACTOR = 5
 _MIN_PREFIX = 16  # shorter cached prefixes are not worth a cache copy
-_PAD_WASTE = 1.5  # prefill rows one by one when padding would add more than half the uncached prompt tokens
+_PAD_WASTE = 1.5  # prefill rows apart when padding would add more than half the uncached prompt tokens
 
 
 @functools.cache
@@ -56,8 +56,9 @@ class BatchRecord(NamedTuple):
     """One `generate()` call of the engine (kept in `LocalEngine.batches` for inspection and benchmarks).
 
     `prefix_tokens` counts the prompt tokens, over all rows, whose KV cache was reused instead of recomputed (each
-    row's longest cached prefix: its previous turn, or the system turn; see `refine.lm.kvcache`). `solo_prefill_rows`
-    counts the rows whose uncached prompt was computed alone before the batched decoding (lengths too uneven to pad).
+    row's longest cached prefix: its previous turn, or the system turn; see `refine.lm.kvcache`). When the rows'
+    uncached lengths are too uneven to pad to the longest, their prompts are computed before the batched decoding, in
+    `prefill_passes` forward passes over buckets of similar lengths; `prefilled_rows` counts those rows.
     """
 
     size: int
@@ -67,7 +68,8 @@ class BatchRecord(NamedTuple):
     grammar_rows: int
     grammar_seconds: float
     prefix_tokens: int = 0
-    solo_prefill_rows: int = 0
+    prefilled_rows: int = 0
+    prefill_passes: int = 0
 
 
 @dataclass
@@ -131,33 +133,36 @@ def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
     ]
 
 
-def _batched_cache(
-    parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any = None, capacity: int = 0
-) -> Any:
-    """A KV cache of `width` positions whose row i holds `parts[i] = (length, entry)` right-aligned.
+def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any, capacity: int) -> Any:
+    """A `StaticCache` of `capacity` positions whose row i holds `parts[i] = (length, entry)` right-aligned in its
+    first `width` positions, ready for the tokens that follow.
 
-    Positions before a row's cached tokens stay zero; the attention mask hides them. With `capacity` (and the model's
-    `config`) it is a `StaticCache` of that many positions, which generate() fills in place: a `DynamicCache` copies
-    the whole cache at every decoding step (25% of a step for 16 rows of 1,000 tokens on 2 CPU cores).
+    Positions before a row's cached tokens stay zero; the attention mask hides them. A static cache is written in
+    place as tokens are added, where a `DynamicCache` copies itself whole at every step (25% of a decoding step for
+    16 rows of 1,000 tokens on 2 CPU cores). Each entry is copied once, straight into the cache's own tensors.
     """
-    from transformers import DynamicCache, StaticCache
+    from transformers import StaticCache
 
     template = next(entry for n, entry in parts if n)
-    data = []
-    for layer, (k0, v0) in enumerate(template.layers):
-        keys = k0.new_zeros((len(parts), k0.shape[0], width, k0.shape[2]))
-        values = v0.new_zeros((len(parts), v0.shape[0], width, v0.shape[2]))
+    cache = StaticCache(config=config, max_cache_len=capacity)
+    for index, (layer, (k0, v0)) in enumerate(zip(cache.layers, template.layers, strict=True)):
+        shape = (len(parts), k0.shape[0], width, k0.shape[2])
+        direct = hasattr(layer, "cumulative_length") and hasattr(layer, "lazy_initialization")
+        if direct:  # transformers >= 5: fill the layer's preallocated tensors, no staging copy
+            empty = k0.new_empty((*shape[:2], 0, shape[3]))
+            layer.lazy_initialization(empty, empty)
+            keys, values = layer.keys[:, :, :width], layer.values[:, :, :width]
+        else:
+            keys, values = k0.new_zeros(shape), v0.new_zeros(shape)
         for row, (n, entry) in enumerate(parts):
             if n:
-                k, v = entry.layers[layer]
+                k, v = entry.layers[index]
                 keys[row, :, width - n :] = k[:, :n]
                 values[row, :, width - n :] = v[:, :n]
-        data.append((keys, values))
-    if not capacity:
-        return DynamicCache(ddp_cache_data=data)
-    cache = StaticCache(config=config, max_cache_len=capacity)
-    for layer, (keys, values) in zip(cache.layers, data, strict=True):
-        layer.update(keys, values)
+        if direct:
+            layer.cumulative_length.fill_(width)
+        else:
+            layer.update(keys, values)
     return cache
 
 
@@ -386,6 +391,9 @@ class LocalEngine:
     def _run_batch(self, loaded: LoadedModel, jobs: list[_Job]) -> None:
         import torch
 
+        # Longest prompts first: rows of similar lengths sit together, so attention can skip the padding of each
+        # group of rows (`refine.lm.attention`), and a split batch puts similar rows in the same chunk.
+        jobs = sorted(jobs, key=lambda job: len(job.prompt_ids), reverse=True)
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start : start + self.max_batch]
             results = self._generate(loaded, chunk, torch)
@@ -407,11 +415,61 @@ class LocalEngine:
 
     @staticmethod
     def _extend(loaded: LoadedModel, tokens: list[int], n: int, entry: Any, torch: Any) -> None:
-        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (batch of one, no padding; n may be
-        0) and keep it in the store."""
-        extra = {_cache_kwarg(): _batched_cache([(n, entry)], n, torch)} if n else {}
-        output = loaded.model(input_ids=torch.tensor([tokens[n:]], dtype=torch.long), use_cache=True, **extra)
-        loaded.prefix_cache.put(tokens, _layers(_cache_of(output), 0, torch.arange(len(tokens))))
+        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (n may be 0) and keep it in the
+        store."""
+        LocalEngine._prefill(loaded, [(tokens, n, entry)], torch)
+
+    @staticmethod
+    def _prefill(loaded: LoadedModel, rows: list[tuple[list[int], int, Any]], torch: Any) -> None:
+        """One forward pass computing, for each `(tokens, n, entry)`, the KV cache of `tokens` from its first `n`
+        cached in `entry`, and keeping it in the store.
+
+        Same layout as the batched `generate()`: `[padding | cached tokens]` in the KV cache, `[padding | rest]` in
+        the input, both right-aligned; position ids count real tokens only. No logits are needed beyond one position.
+        """
+        cached = max(n for _, n, _ in rows)
+        width = max(len(tokens) - n for tokens, n, _ in rows)
+        input_ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), cached + width), dtype=torch.long)
+        for row, (tokens, n, _) in enumerate(rows):
+            rest = tokens[n:]
+            input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            attention[row, cached - n : cached] = 1
+            attention[row, cached + width - len(rest) :] = 1
+        extra: dict[str, Any] = {}
+        if cached:
+            extra[_cache_kwarg()] = _batched_cache(
+                [(n, entry) for _, n, entry in rows], cached, torch, config=loaded.model.config, capacity=cached + width
+            )
+        if len(rows) > 1:  # padded: positions from the mask (one row has none, and its default arange is faster)
+            extra["attention_mask"] = attention
+            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        output = loaded.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
+        cache = _cache_of(output)
+        for row, (tokens, _, _) in enumerate(rows):
+            positions = torch.nonzero(attention[row], as_tuple=True)[0]
+            loaded.prefix_cache.put(tokens, _layers(cache, row, positions))
+
+    @staticmethod
+    def _buckets(lengths: list[int]) -> list[list[int]]:
+        """Indices grouped by similar `lengths` (ascending), so that padding each group to its longest adds at most
+        half its tokens.
+
+        Example:
+            >>> LocalEngine._buckets([60, 300, 58, 70, 280, 5])
+            [[5], [2, 0, 3], [4, 1]]
+        """
+        buckets: list[list[int]] = []
+        total = 0
+        for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+            length = lengths[index]
+            if buckets and (len(buckets[-1]) + 1) * length <= _PAD_WASTE * (total + length):
+                buckets[-1].append(index)
+                total += length
+            else:
+                buckets.append([index])
+                total = length
+        return buckets
 
     @staticmethod
     def _row_tokens(loaded: LoadedModel, output: Any, row: int, width: int, max_new: int) -> tuple[list[int], str]:
@@ -477,16 +535,17 @@ class LocalEngine:
             # in both parts; the mask hides the padding, and position ids (cumsum of the mask) count real tokens only.
             parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             rests = [len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True)]
-            reused = sum(n for n, _ in parts)  # from earlier calls (rows prefilled alone below are not reuse)
-            solo = 0
+            reused = sum(n for n, _ in parts)  # from earlier calls (rows prefilled below are not reuse)
+            prefilled = passes = 0
             if rows > 1 and loaded.prefix_cache.max_entries > 0 and rows * max(rests) > _PAD_WASTE * sum(rests):
                 # Uncached parts of very different lengths (an episode's first turn beside later ones): padding them
-                # to the longest would multiply the prefill work, so prefill each row alone into the store; the
-                # batched generate() then feeds one token per row and batches only the decoding.
-                for job, (n, entry), rest in zip(jobs, parts, rests, strict=True):
-                    if rest > 1:
-                        self._extend(loaded, job.prompt_ids[:-1], n, entry, torch)
-                        solo += 1
+                # to the longest would multiply the prefill work, so prefill them into the store first, in buckets of
+                # similar lengths; the batched generate() then feeds one token per row and batches the decoding.
+                todo = [row for row, rest in enumerate(rests) if rest > 1]
+                for bucket in self._buckets([rests[row] for row in todo]):
+                    self._prefill(loaded, [(jobs[todo[i]].prompt_ids[:-1], *parts[todo[i]]) for i in bucket], torch)
+                    passes += 1
+                prefilled = len(todo)
                 parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             cached = max(n for n, _ in parts)
             width = cached + max(len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True))
@@ -546,7 +605,8 @@ class LocalEngine:
                 grammar_rows=sum(1 for g in grammars if g),
                 grammar_seconds=processor.grammar_seconds,
                 prefix_tokens=reused,
-                solo_prefill_rows=solo,
+                prefilled_rows=prefilled,
+                prefill_passes=passes,
             )
         )
         return responses

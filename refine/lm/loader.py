@@ -253,6 +253,10 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
             reason = " ".join(str(exc).split()).rstrip(".")
             raise LMError(f"Could not load model {model!r} from {source.location}: {reason}.{hint}") from exc
         hf_model.eval()
+        if getattr(hf_model.config, "_attn_implementation", None) == "sdpa" and hf_model.device.type == "cpu":
+            from refine.lm.attention import register_trimmed_attention
+
+            hf_model.set_attn_implementation(register_trimmed_attention())
         tokenizer.padding_side = "left"
         eos_ids = _eos_ids(hf_model, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
