@@ -125,12 +125,31 @@ def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prom
     return n if 0 < n < len(prompt_ids) and prompt_ids[:n] == list(system_ids) else 0
 
 
-def _layers(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
-    """Row `row` of a batched KV cache, at `positions` of its sequence axis, as per-layer `(keys, values)` copies."""
-    return [
-        (layer.keys[row].index_select(1, positions), layer.values[row].index_select(1, positions))
-        for layer in cache.layers
-    ]
+def _spans(attended: list[int]) -> list[tuple[int, int]]:
+    """The `[start, stop)` runs of 1s in a row of an attention mask.
+
+    Example:
+        >>> _spans([0, 0, 1, 1, 0, 1, 1, 1])
+        [(2, 4), (5, 8)]
+    """
+    spans: list[tuple[int, int]] = []
+    for index, bit in enumerate(attended):
+        if bit and spans and spans[-1][1] == index:
+            spans[-1] = (spans[-1][0], index + 1)
+        elif bit:
+            spans.append((index, index + 1))
+    return spans
+
+
+def _layers(cache: Any, row: int, spans: list[tuple[int, int]], torch: Any) -> list[tuple[Any, Any]]:
+    """Row `row` of a batched KV cache, at the `[start, stop)` spans of its sequence axis, as per-layer
+    `(keys, values)` copies (slices are copied at memory speed; a gather of the same positions is ~4x slower)."""
+
+    def take(tensor: Any) -> Any:
+        parts = [tensor[row, :, start:stop] for start, stop in spans]
+        return parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    return [(take(layer.keys), take(layer.values)) for layer in cache.layers]
 
 
 def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any, capacity: int) -> Any:
@@ -447,8 +466,7 @@ class LocalEngine:
         output = loaded.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
         cache = _cache_of(output)
         for row, (tokens, _, _) in enumerate(rows):
-            positions = torch.nonzero(attention[row], as_tuple=True)[0]
-            loaded.prefix_cache.put(tokens, _layers(cache, row, positions))
+            loaded.prefix_cache.put(tokens, _layers(cache, row, _spans(attention[row].tolist()), torch))
 
     @staticmethod
     def _buckets(lengths: list[int]) -> list[list[int]]:
@@ -496,10 +514,10 @@ class LocalEngine:
         seen = int(cache.get_seq_length()) - width  # generated tokens fed back (all but the last)
         for row, job in enumerate(jobs):
             fed = rows_tokens[row][0][: max(0, seen)]
-            positions = torch.cat(
-                [torch.nonzero(attention[row], as_tuple=True)[0], torch.arange(width, width + len(fed))]
-            )
-            loaded.prefix_cache.put([*job.prompt_ids, *fed], _layers(cache, row, positions))
+            spans = _spans(attention[row].tolist())
+            if fed:  # the generated tokens follow the prompt's last one
+                spans[-1] = (spans[-1][0], width + len(fed))
+            loaded.prefix_cache.put([*job.prompt_ids, *fed], _layers(cache, row, spans, torch))
 
     def _generate(self, loaded: LoadedModel, jobs: list[_Job], torch: Any) -> list[Any]:
         from dspy.lm15 import Message, Response, Usage
