@@ -96,8 +96,7 @@ class LoadedModel:
     Attributes:
         source: where it came from.
         dtype: torch dtype name the weights were loaded in.
-        model: the `AutoModelForCausalLM`, for inference only: eval mode and, on CPU, trimmed SDPA attention
-            (`refine.lm.attention`) and float32 linears pre-packed for oneDNN (`refine.lm.onednn`; not savable).
+        model: the `AutoModelForCausalLM` (eval mode).
         tokenizer: its tokenizer, padding on the left.
         eos_ids: token ids that end a generation.
         pad_id: id used for left padding.
@@ -258,9 +257,6 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
             from refine.lm.attention import register_trimmed_attention
 
             hf_model.set_attn_implementation(register_trimmed_attention())
-        from refine.lm.onednn import use_onednn_linears
-
-        use_onednn_linears(hf_model)  # inference only: the engine never trains or saves this model
         tokenizer.padding_side = "left"
         eos_ids = _eos_ids(hf_model, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
