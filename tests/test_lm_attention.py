@@ -96,3 +96,20 @@ def test_loader_uses_trimmed_attention_for_cpu_models(tmp_path):
 
     loaded = load_model(f"local/{make_tiny_chat_model(tmp_path / 'model')}")
     assert loaded.model.config._attn_implementation == TRIMMED_ATTENTION
+
+
+def test_a_mask_broadcast_over_rows_goes_to_sdpa():
+    from refine.lm.attention import _trimmed_sdpa_forward
+
+    class Module:
+        num_key_value_groups = 2
+        is_causal = True
+
+    torch.manual_seed(2)
+    query, key, value = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
+    mask = torch.ones(1, 1, 1, 10, dtype=torch.bool)
+    mask[..., :4] = False
+    out, _ = _trimmed_sdpa_forward(Module(), query, key, value, mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+    assert out.shape == (3, 1, 4, 8)
+    torch.testing.assert_close(out, expected.transpose(1, 2))

@@ -89,6 +89,7 @@ def _trimmed_sdpa_forward(
         attention_mask is None
         or attention_mask.dtype != torch.bool
         or attention_mask.shape[1] != 1
+        or attention_mask.shape[0] != query.shape[0]  # a mask broadcast over rows: nothing to group
         or dropout
         or kwargs.get("position_bias") is not None
         or kwargs.get("softcap") is not None
