@@ -428,15 +428,9 @@ class LocalEngine:
         limit = len(job.prompt_ids) - 1  # generate() needs at least one prompt token to feed
         n, entry = store.lookup(job.prompt_ids, limit)
         if n < job.prefix_len and job.prefix_len >= _MIN_PREFIX:
-            LocalEngine._extend(loaded, job.prompt_ids[: job.prefix_len], 0, None, torch)
+            LocalEngine._prefill(loaded, [(job.prompt_ids[: job.prefix_len], 0, None)], torch)
             n, entry = store.lookup(job.prompt_ids, limit)
         return (n, entry) if n >= _MIN_PREFIX else (0, None)
-
-    @staticmethod
-    def _extend(loaded: LoadedModel, tokens: list[int], n: int, entry: Any, torch: Any) -> None:
-        """Compute the KV cache of `tokens` from its first `n` cached in `entry` (n may be 0) and keep it in the
-        store."""
-        LocalEngine._prefill(loaded, [(tokens, n, entry)], torch)
 
     @staticmethod
     def _prefill(loaded: LoadedModel, rows: list[tuple[list[int], int, Any]], torch: Any) -> None:
