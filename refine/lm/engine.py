@@ -152,6 +152,30 @@ def _layers(cache: Any, row: int, spans: list[tuple[int, int]], torch: Any) -> l
     return [(take(layer.keys), take(layer.values)) for layer in cache.layers]
 
 
+def _layout(rows: list[tuple[list[int], int]], cached: int, pad_id: int, torch: Any) -> tuple[Any, Any]:
+    """Input ids and attention mask of rows `(tokens, n)` whose first `n` tokens are in a KV cache of `cached`
+    positions: `[padding | first n tokens | padding | rest]`, the first n right-aligned at `cached`, the rest at the
+    end.
+
+    Example:
+        >>> import torch
+        >>> ids, mask = _layout([([5, 6, 7], 2), ([8, 9], 0)], 2, 0, torch)
+        >>> ids.tolist(), mask.tolist()
+        ([[5, 6, 0, 7], [0, 0, 8, 9]], [[1, 1, 0, 1], [0, 0, 1, 1]])
+    """
+    width = cached + max(len(tokens) - n for tokens, n in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (tokens, n) in enumerate(rows):
+        if n:
+            input_ids[row, cached - n : cached] = torch.tensor(tokens[:n], dtype=torch.long)
+            attention[row, cached - n : cached] = 1
+        rest = tokens[n:]
+        input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+        attention[row, width - len(rest) :] = 1
+    return input_ids, attention
+
+
 def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any, capacity: int) -> Any:
     """A `StaticCache` of `capacity` positions whose row i holds `parts[i] = (length, entry)` right-aligned in its
     first `width` positions, ready for the tokens that follow.
@@ -441,18 +465,16 @@ class LocalEngine:
         the input, both right-aligned; position ids count real tokens only. No logits are needed beyond one position.
         """
         cached = max(n for _, n, _ in rows)
-        width = max(len(tokens) - n for tokens, n, _ in rows)
-        input_ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), cached + width), dtype=torch.long)
-        for row, (tokens, n, _) in enumerate(rows):
-            rest = tokens[n:]
-            input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-            attention[row, cached - n : cached] = 1
-            attention[row, cached + width - len(rest) :] = 1
+        input_ids, attention = _layout([(tokens, n) for tokens, n, _ in rows], cached, loaded.pad_id, torch)
+        input_ids = input_ids[:, cached:]  # the cached tokens are fed through the KV cache
         extra: dict[str, Any] = {}
         if cached:
             extra[_cache_kwarg()] = _batched_cache(
-                [(n, entry) for _, n, entry in rows], cached, torch, config=loaded.model.config, capacity=cached + width
+                [(n, entry) for _, n, entry in rows],
+                cached,
+                torch,
+                config=loaded.model.config,
+                capacity=attention.shape[1],
             )
         if len(rows) > 1:  # padded: positions from the mask (one row has none, and its default arange is faster)
             extra["attention_mask"] = attention
@@ -560,16 +582,9 @@ class LocalEngine:
                 prefilled = len(todo)
                 parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             cached = max(n for n, _ in parts)
-            width = cached + max(len(job.prompt_ids) - n for job, (n, _) in zip(jobs, parts, strict=True))
-            input_ids = torch.full((rows, width), loaded.pad_id, dtype=torch.long)
-            attention = torch.zeros((rows, width), dtype=torch.long)
-            for row, (job, (n, _)) in enumerate(zip(jobs, parts, strict=True)):
-                if n:
-                    input_ids[row, cached - n : cached] = torch.tensor(job.prompt_ids[:n], dtype=torch.long)
-                    attention[row, cached - n : cached] = 1
-                rest = job.prompt_ids[n:]
-                input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-                attention[row, width - len(rest) :] = 1
+            layout = [(job.prompt_ids, n) for job, (n, _) in zip(jobs, parts, strict=True)]
+            input_ids, attention = _layout(layout, cached, loaded.pad_id, torch)
+            width = input_ids.shape[1]
             extra: dict[str, Any] = {}
             if cached:
                 extra[_cache_kwarg()] = _batched_cache(
