@@ -108,14 +108,14 @@ def main() -> None:
     if args.no_prefix_cache:
         loaded.prefix_cache_entries = 0  # the engine before per-turn KV reuse (the system turn is not reused either)
 
-    import torch
+    from refine.lm.loader import set_torch_threads
 
     # torch's intra-op threads spin on both cores; any environment work running beside a batch (a JVM, the BabyAI
     # bot, pddlgym) then stalls them. With one torch thread the other core is left to the environments.
     modes = {}
     runs = [(f"parallel_{w}_workers_{t}_threads", w, t) for w in workers_list for t in threads_list]
     for name, workers, threads in [*runs, ("sequential_2_threads", 1, 2)]:
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
         loaded.prefix_cache.clear()  # every mode starts cold: no KV kept from an earlier mode's episodes
         modes[name] = run_mode(agent, envs, args.episodes, args.max_steps, workers, engine)
         modes[name]["torch_threads"] = threads

@@ -233,16 +233,18 @@ def test_hf_model_offline_without_cache_is_a_clear_error(monkeypatch):
 def test_torch_threads_setting(monkeypatch):
     import torch
 
+    from refine.lm.compute import run_on_compute_thread
     from refine.lm.loader import set_torch_threads
 
-    before = torch.get_num_threads()
+    before = run_on_compute_thread(torch.get_num_threads)
     try:
         monkeypatch.setenv("REFINE_TORCH_THREADS", "1")
-        assert set_torch_threads() == 1 and torch.get_num_threads() == 1
+        # Set where the engine runs its forward passes: the compute thread.
+        assert set_torch_threads() == 1 and run_on_compute_thread(torch.get_num_threads) == 1
         monkeypatch.setenv("REFINE_TORCH_THREADS", "many")
         with pytest.raises(LMError, match="REFINE_TORCH_THREADS must be a positive integer, got 'many'"):
             set_torch_threads()
         monkeypatch.delenv("REFINE_TORCH_THREADS")
         assert set_torch_threads() == min(2, __import__("os").cpu_count() or 1)
     finally:
-        torch.set_num_threads(before)
+        set_torch_threads(before)

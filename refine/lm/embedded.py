@@ -134,7 +134,9 @@ def embedded_model_dir() -> Path:
         try:
             staged = tmp / "model"
             try:
-                _convert(gguf, staged)
+                from refine.lm.compute import run_on_compute_thread
+
+                run_on_compute_thread(_convert, gguf, staged)  # torch work stays on one thread (see refine.lm.compute)
             except Exception as exc:
                 raise LMError(f"Could not convert the embedded model {gguf} into {final}: {exc}") from exc
             (staged / _SOURCE_FILE).write_text(json.dumps(record))

@@ -2,10 +2,11 @@
 
 DSPy 3.4 calls `engine.complete(Request) -> Response` from many threads at once (`module.batch`, `dspy.Parallel`,
 `Evaluate`). Each call is turned into a job and queued to one worker thread per model, which collects jobs for a few
-milliseconds (up to `max_batch`), groups them by sampling settings, left-pads them and runs one `generate()` per group,
-then resolves every caller's future. Each row starts from the KV cache of the longest cached prefix of its prompt
-(`refine.lm.kvcache`), so a multi-turn agent only computes its new tokens each turn. Grammars (JSON schema from
-`response_format`, Lark from `GrammarChatAdapter`) are enforced per row by `refine.lm.decoding.RowsProcessor`.
+milliseconds (up to `max_batch`), groups them by sampling settings, left-pads them and runs one `generate()` per group
+on the process's compute thread (`refine.lm.compute`, where the model was loaded), then resolves every caller's
+future. Each row starts from the KV cache of the longest cached prefix of its prompt (`refine.lm.kvcache`), so a
+multi-turn agent only computes its new tokens each turn. Grammars (JSON schema from `response_format`, Lark from
+`GrammarChatAdapter`) are enforced per row by `refine.lm.decoding.RowsProcessor`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 from refine.errors import LMError
+from refine.lm.compute import run_on_compute_thread
 from refine.lm.decoding import RowsProcessor, grammar_for_request
 from refine.lm.grammar import GrammarBounds
 from refine.lm.loader import LoadedModel, load_model
@@ -253,8 +255,8 @@ class _Batcher:
                 if job.future.set_running_or_notify_cancel():
                     groups[job.sample_key].append(job)
             for group in groups.values():
-                try:
-                    self.engine._run_batch(self.loaded, group)
+                try:  # on the compute thread, where the model was loaded (see refine.lm.compute)
+                    run_on_compute_thread(self.engine._run_batch, self.loaded, group)
                 except Exception as exc:  # the worker must survive; every caller gets the error
                     logger.exception("Batched generation failed for %d requests", len(group))
                     error = exc if isinstance(exc, LMError) else LMError(f"In-process generation failed: {exc}")

@@ -96,7 +96,9 @@ class LoadedModel:
     Attributes:
         source: where it came from.
         dtype: torch dtype name the weights were loaded in.
-        model: the `AutoModelForCausalLM` (eval mode).
+        model: the `AutoModelForCausalLM`, for inference only: eval mode and, on CPU, trimmed SDPA attention
+            (`refine.lm.attention`) and float32 linears with oneDNN copies of their weights (`refine.lm.onednn`).
+            Loaded on, and run by, the engine's compute thread (`refine.lm.compute`).
         tokenizer: its tokenizer, padding on the left.
         eos_ids: token ids that end a generation.
         pad_id: id used for left padding.
@@ -165,6 +167,8 @@ _threads_set = False
 def set_torch_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: `threads`, else `$REFINE_TORCH_THREADS`, else min(2, cpu count).
 
+    Set from the engine's compute thread (`refine.lm.compute`), which runs every forward pass of the engine.
+
     Returns:
         The number of threads set.
 
@@ -184,7 +188,9 @@ def set_torch_threads(threads: int | None = None) -> int:
                 raise LMError(f"REFINE_TORCH_THREADS must be a positive integer, got {raw!r}")
         else:
             threads = min(2, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    from refine.lm.compute import run_on_compute_thread
+
+    run_on_compute_thread(torch.set_num_threads, threads)
     return threads
 
 
@@ -203,6 +209,55 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None) -> LoadedModel:
+    """Load a model for inference (on the compute thread): tokenizer, weights, attention and linear kernels."""
+    global _threads_set
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not _threads_set or torch_threads is not None:
+        set_torch_threads(torch_threads)
+        _threads_set = True
+    start = time.perf_counter()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=offline)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            source.location, dtype=getattr(torch, dtype), local_files_only=offline
+        )
+    except Exception as exc:
+        hint = (
+            " The hub is unreachable offline: download it first or use local/<folder>." if source.kind == "hf" else ""
+        )
+        reason = " ".join(str(exc).split()).rstrip(".")
+        raise LMError(f"Could not load model {model!r} from {source.location}: {reason}.{hint}") from exc
+    hf_model.eval()
+    if getattr(hf_model.config, "_attn_implementation", None) == "sdpa" and hf_model.device.type == "cpu":
+        from refine.lm.attention import register_trimmed_attention
+
+        hf_model.set_attn_implementation(register_trimmed_attention())
+    from refine.lm.onednn import use_onednn_linears
+
+    use_onednn_linears(hf_model)  # inference only: the engine never trains or saves this model
+    tokenizer.padding_side = "left"
+    eos_ids = _eos_ids(hf_model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise LMError(
+            f"Model {model!r} has no chat template; the in-process engine needs one (chat_template.jinja or "
+            "tokenizer_config.json). Save the tokenizer of an instruct model with the checkpoint."
+        )
+    return LoadedModel(
+        source=source,
+        dtype=dtype,
+        model=hf_model,
+        tokenizer=tokenizer,
+        eos_ids=eos_ids,
+        pad_id=int(pad_id),
+        load_seconds=time.perf_counter() - start,
+    )
+
+
 def load_model(model: str, dtype: str | None = None, torch_threads: int | None = None) -> LoadedModel:
     """Load (or return the already loaded) model for a model string.
 
@@ -217,7 +272,6 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
     Raises:
         LMError: when the model cannot be found or loaded.
     """
-    global _threads_set
     dtype = dtype or os.environ.get("REFINE_LM_DTYPE") or "float32"
     if dtype not in _DTYPES:
         raise LMError(f"Unknown dtype {dtype!r} for the in-process LM; use one of {', '.join(_DTYPES)}")
@@ -231,49 +285,10 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
         with _registry_lock:
             if key in _registry:
                 return _registry[key]
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from refine.lm.compute import run_on_compute_thread
 
-        if not _threads_set or torch_threads is not None:
-            set_torch_threads(torch_threads)
-            _threads_set = True
-        start = time.perf_counter()
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=offline)
-            hf_model = AutoModelForCausalLM.from_pretrained(
-                source.location, dtype=getattr(torch, dtype), local_files_only=offline
-            )
-        except Exception as exc:
-            hint = (
-                " The hub is unreachable offline: download it first or use local/<folder>."
-                if source.kind == "hf"
-                else ""
-            )
-            reason = " ".join(str(exc).split()).rstrip(".")
-            raise LMError(f"Could not load model {model!r} from {source.location}: {reason}.{hint}") from exc
-        hf_model.eval()
-        if getattr(hf_model.config, "_attn_implementation", None) == "sdpa" and hf_model.device.type == "cpu":
-            from refine.lm.attention import register_trimmed_attention
-
-            hf_model.set_attn_implementation(register_trimmed_attention())
-        tokenizer.padding_side = "left"
-        eos_ids = _eos_ids(hf_model, tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise LMError(
-                f"Model {model!r} has no chat template; the in-process engine needs one (chat_template.jinja or "
-                "tokenizer_config.json). Save the tokenizer of an instruct model with the checkpoint."
-            )
-        loaded = LoadedModel(
-            source=source,
-            dtype=dtype,
-            model=hf_model,
-            tokenizer=tokenizer,
-            eos_ids=eos_ids,
-            pad_id=int(pad_id),
-            load_seconds=time.perf_counter() - start,
-        )
+        # Loaded on the thread that will run it: see refine.lm.compute (one OpenMP pool, not two).
+        loaded = run_on_compute_thread(_load, model, source, dtype, torch_threads)
         logger.info("Loaded %s (%s) in %.1f s", model, dtype, loaded.load_seconds)
         with _registry_lock:
             _registry[key] = loaded
