@@ -16,6 +16,7 @@ more than one. Each finished episode is appended to `episodes.jsonl` of a `RunSt
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -101,8 +102,13 @@ def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-def run_episode(agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int) -> dict[str, Any]:
-    """Play one episode; returns its record (never raises for agent or environment failures: they are recorded)."""
+def run_episode(
+    agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int, ready: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Play one episode; returns its record (never raises for agent or environment failures: they are recorded).
+
+    `ready`, if given, is called once the environment is reset and the agent started, right before its first action.
+    """
     from refine.programs.agent import describe_actions
 
     started = time.perf_counter()
@@ -144,6 +150,8 @@ def run_episode(agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int) -
         record["error"] = f"agent failed to start: {type(exc).__name__}: {exc}"
         record["wall_s"] = round(time.perf_counter() - started, 3)
         return record
+    if ready is not None:
+        ready()
     observation = first.observation
     best = 0.0
     prev_action: str | None = None
@@ -253,6 +261,42 @@ def summarize(records: Iterable[Mapping[str, Any]], held_in: Iterable[str] = ())
             g["drop"] = _drop(g["base"], g["perturbed"])
         summary[group] = g
     return summary
+
+
+class _StartGate:
+    """Holds the first wave of episodes (one per worker) until all of them have reset their environments, so that
+    their first LM calls arrive together: an in-process engine then runs them as one batch instead of splitting the
+    first turn by how long each environment took to start (a ScienceWorld JVM takes seconds, a BabyAI grid none).
+
+    Each episode arrives once (before its first action, or when it ends without acting); a gate that times out or is
+    aborted lets everyone through.
+    """
+
+    def __init__(self, parties: int, timeout: float) -> None:
+        self.timeout = timeout
+        self._barrier = threading.Barrier(parties, timeout=timeout) if parties > 1 and timeout > 0 else None
+        self._arrived: set[str] = set()
+        self._lock = threading.Lock()
+
+    def arrive(self, key: str) -> None:
+        """Wait (the first time `key` arrives) until the whole wave is here, the timeout passed or the gate broke."""
+        if self._barrier is None:
+            return
+        with self._lock:
+            if key in self._arrived:
+                return
+            self._arrived.add(key)
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:  # timed out or aborted: go on without the rest of the wave
+            logger.debug(
+                "start gate opened without the whole first wave (timeout %.0f s or a failed episode)", self.timeout
+            )
+
+    def abort(self) -> None:
+        """Let every waiting episode go (one of the wave failed before it could act)."""
+        if self._barrier is not None:
+            self._barrier.abort()
 
 
 class _EnvPool:
@@ -381,6 +425,7 @@ def evaluate(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    start_together_s: float = 60.0,
 ) -> EvalResult:
     """Evaluate `agent` (a `ChatAgent`, `ProgramAgent` or anything with `start(...)->session.act(obs)`).
 
@@ -395,6 +440,9 @@ def evaluate(
             and `agent` must be a zero-argument factory such as `functools.partial(resolve_agent, spec, lm)`, which
             each worker process calls once: LMs with in-process engines cannot be shipped to workers).
         ray_address: The Ray cluster to join with executor="ray" (default: start a local instance).
+        start_together_s: With local threads, the first episode of each worker waits until all of them have reset
+            their environments (at most this many seconds; 0: no waiting), so that an in-process LM batches the
+            first turn of every episode in one forward pass.
 
     Returns:
         The summary and all episode records (including those of an earlier, resumed run).
@@ -427,12 +475,23 @@ def evaluate(
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
 
+    first_wave = {s["key"] for s in todo[: config.workers]}  # the tasks the worker threads pick up first
+    gate = _StartGate(len(first_wave), start_together_s)
+
     def play(spec: dict[str, Any]) -> dict[str, Any]:
-        env = pool.acquire(spec["env"], spec["variant"])
+        key = spec["key"]
+        ready = functools.partial(gate.arrive, key) if key in first_wave else None
         try:
-            rec = run_episode(agent, env, spec, config.max_steps)
-        finally:
-            pool.release(spec["env"], spec["variant"], env)
+            env = pool.acquire(spec["env"], spec["variant"])
+            try:
+                rec = run_episode(agent, env, spec, config.max_steps, ready=ready)
+            finally:
+                pool.release(spec["env"], spec["variant"], env)
+        except BaseException:
+            gate.abort()  # this run is failing: nobody waits for the episode that will never arrive
+            raise
+        if ready is not None:
+            ready()  # an episode that ended before acting (reset failed, ...) still arrives
         rec["held_in"] = spec["env"] in held
         rec["model"] = config.model or str(getattr(agent, "model", "") or "")
         if store is not None:

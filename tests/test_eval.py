@@ -270,3 +270,70 @@ def test_chat_window_drops_old_turns_in_blocks_so_prompts_keep_a_stable_prefix()
     for before, after in itertools.pairwise(seen):
         if len(after) > len(before):
             assert after[: len(before)] == before, "between cuts each prompt extends the previous one"
+
+
+class TestFirstTurnTogether:
+    """The first episode of each worker acts only once every one of them has reset its environment."""
+
+    @staticmethod
+    def timed_factory(events, slow_seed=2, fail_reset_seed=None):
+        import time
+
+        class TimedEnv(ToyEnv):
+            def reset(self, task=None, seed=None):
+                if seed == fail_reset_seed:
+                    raise ValueError("no such task")
+                if seed == slow_seed:
+                    time.sleep(0.5)  # a JVM starting
+                events.append(("reset", seed, time.perf_counter()))
+                self._seed = seed
+                return super().reset(task, seed)
+
+            def step(self, action):
+                events.append(("step", self._seed, time.perf_counter()))
+                return super().step(action)
+
+        return lambda name, perturbed: TimedEnv()
+
+    def test_first_actions_wait_for_the_slowest_reset_and_only_with_the_gate(self):
+        cfg = EvalConfig(envs=["toy"], episodes=3, workers=3, max_steps=2)
+        for together, expect_aligned in ((30.0, True), (0.0, False)):
+            events = []
+            res = evaluate(scripted_agent(), cfg, env_factory=self.timed_factory(events), start_together_s=together)
+            assert len(res.records) == 3 and all(r["error"] is None for r in res.records)
+            last_reset = max(t for kind, _, t in events if kind == "reset")
+            first_step = min(t for kind, _, t in events if kind == "step")
+            assert (first_step >= last_reset) is expect_aligned, (together, events)
+
+    def test_a_failed_reset_still_lets_the_wave_go(self):
+        import time
+
+        events = []
+        cfg = EvalConfig(envs=["toy"], episodes=3, workers=3, max_steps=2)
+        started = time.perf_counter()
+        res = evaluate(
+            scripted_agent(), cfg, env_factory=self.timed_factory(events, fail_reset_seed=1), start_together_s=30.0
+        )
+        assert time.perf_counter() - started < 10  # nobody waited out the 30 s gate
+        errors = sorted(r["error"] or "" for r in res.records)
+        assert errors == ["", "", "reset failed: ValueError: no such task"]
+
+    def test_an_environment_that_cannot_be_built_fails_the_run_without_waiting(self):
+        import time
+
+        made = itertools.count()
+
+        def factory(name, perturbed):
+            if next(made) == 1:
+                raise RuntimeError("java not found")
+            return ToyEnv()
+
+        started = time.perf_counter()
+        with pytest.raises(RuntimeError, match="java not found"):
+            evaluate(
+                scripted_agent(),
+                EvalConfig(envs=["toy"], episodes=3, workers=3),
+                env_factory=factory,
+                start_together_s=30.0,
+            )
+        assert time.perf_counter() - started < 10
