@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from refine.errors import LMError
+from refine.lm.compute import run_on_compute_thread
 
 __all__ = [
     "EMBEDDED_GGUF_NAME",
@@ -134,8 +135,6 @@ def embedded_model_dir() -> Path:
         try:
             staged = tmp / "model"
             try:
-                from refine.lm.compute import run_on_compute_thread
-
                 run_on_compute_thread(_convert, gguf, staged)  # torch work stays on one thread (see refine.lm.compute)
             except Exception as exc:
                 raise LMError(f"Could not convert the embedded model {gguf} into {final}: {exc}") from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.errors import LMError
+from refine.lm.compute import run_on_compute_thread
 from refine.lm.kvcache import PrefixKVStore
 
 __all__ = [
@@ -188,8 +189,6 @@ def set_torch_threads(threads: int | None = None) -> int:
                 raise LMError(f"REFINE_TORCH_THREADS must be a positive integer, got {raw!r}")
         else:
             threads = min(2, os.cpu_count() or 1)
-    from refine.lm.compute import run_on_compute_thread
-
     run_on_compute_thread(torch.set_num_threads, threads)
     return threads
 
@@ -285,8 +284,6 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
         with _registry_lock:
             if key in _registry:
                 return _registry[key]
-        from refine.lm.compute import run_on_compute_thread
-
         # Loaded on the thread that will run it: see refine.lm.compute (one OpenMP pool, not two).
         loaded = run_on_compute_thread(_load, model, source, dtype, torch_threads)
         logger.info("Loaded %s (%s) in %.1f s", model, dtype, loaded.load_seconds)
