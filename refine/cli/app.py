@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
 
 from refine.cli import _areas
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from refine import __version__
+
+        typer.echo(f"dspy-refine {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="refine",
@@ -15,7 +27,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings=CONTEXT,
 )
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """dspy-refine: synthesize, verify, optimize, distill and evaluate refinement-tuned LLM agents.
+
+    LM specs (--lm, --agent, --teacher, --student, --reflection-lm) all follow one grammar: 'embedded',
+    'local/<dir>', 'hf/<repo>', a LiteLLM model string ('openai/gpt-4o-mini', 'openai/<name>' with --api-base for
+    vLLM/SGLang/Ollama/llama.cpp servers) or 'py:package.module:factory'.
+    """
+
 
 for _register in _areas.REGISTRARS:
     _register(app)
@@ -27,17 +55,67 @@ def _error(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}", markup=True)
 
 
+def _one_line(exc: BaseException) -> str:
+    """A pydantic ValidationError as one line naming each field (as its CLI flag) and the problem."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for e in errors():
+        loc = "-".join(str(p) for p in e.get("loc", ()) if not isinstance(p, int)).replace("_", "-")
+        parts.append(f"--{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "; ".join(parts) + " (see --help)"
+
+
 def main() -> None:
-    """Entry point: user errors print one red line and exit 1, without a traceback."""
+    """Entry point: user errors print one red line and exit 1, an interrupt exits 130, never with a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from refine.errors import RefineError
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # `py:` LM specs, `module:attr` programs and metrics name the user's own modules, usually in the current folder;
+    # a console script (unlike `python -m`) does not put it on sys.path.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    from pydantic import ValidationError
 
+    from refine import interrupt
+    from refine.errors import RefineError
+    from refine.interrupt import handle_signals
+
+    code = 0
     try:
-        app()
+        with handle_signals():
+            # Not standalone: RefineErrors reach the handlers below, and an interrupt keeps its own exit code.
+            rv = app(standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except typer.TyperException as exc:  # usage errors (click's, vendored by typer): their usual message, exit 2
+        _show_usage_error(exc)
+        code = exc.exit_code
+    except typer.Abort:
+        code = 1
     except RefineError as exc:
         _error(str(exc).replace("[", "\\["))
-        sys.exit(1)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        sys.exit(130)
+        code = 1
+    except ValidationError as exc:
+        _error(_one_line(exc).replace("[", "\\["))
+        code = 1
+    except KeyboardInterrupt:  # Interrupted included; typer turns most into exit code 130 (handled below)
+        code = 130
+    finally:
+        from refine.interrupt import drain
+
+        drain()
+    if code == 130 or interrupt.requested():
+        signum = interrupt.last_signal()
+        _error("interrupted; unfinished items are marked in the run directory: rerun the same command with --resume")
+        code = 143 if signum == signal.SIGTERM else 130
+    sys.exit(code)
+
+
+def _show_usage_error(exc: typer.TyperException) -> None:
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+    except Exception:  # typer without rich support: click's plain format
+        getattr(exc, "show", lambda: _error(str(exc)))()

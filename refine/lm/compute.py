@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["compute_thread", "run_on_compute_thread"]
+__all__ = ["compute_thread", "run_on_compute_thread", "wait_idle"]
 
 T = TypeVar("T")
 
@@ -63,3 +63,21 @@ def run_on_compute_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     future: Future = Future()
     _tasks.put((future, fn, args, kwargs))
     return future.result()
+
+
+def wait_idle(timeout: float = 60.0) -> bool:
+    """Wait until the compute thread has run everything queued before this call; True if it did within `timeout`.
+
+    Called before the interpreter exits after an interrupt (`refine.interrupt.drain`): CPython kills a daemon thread
+    that is still inside torch's C++ code at exit with a forced unwind, which aborts the whole process.
+    """
+    thread = _thread
+    if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+        return True
+    future: Future = Future()
+    _tasks.put((future, lambda: None, (), {}))
+    try:
+        future.result(timeout=timeout)
+    except Exception:
+        return False
+    return True
