@@ -6,15 +6,46 @@ factories) goes through `import_object`, so all of them parse the same way and f
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from refine.errors import ConfigError
 
-__all__ = ["PY_PREFIX", "import_object", "load_py_lm"]
+__all__ = ["PY_PREFIX", "import_object", "load_py_lm", "only_trusted_imports"]
 
 # LM specs starting with this name a Python object instead of a model: `py:package.module:factory`.
 PY_PREFIX = "py:"
+
+# While a file written by a run (report.json, a manifest) is being turned back into objects, only these targets may
+# be imported: (allowed targets, what the file is, how to trust more). None: no restriction (specs the user typed).
+_TRUSTED: contextvars.ContextVar[tuple[frozenset[str], str, str] | None] = contextvars.ContextVar(
+    "refine_trusted_imports", default=None
+)
+
+
+@contextlib.contextmanager
+def only_trusted_imports(allowed: Iterable[str], source: str, hint: str = "") -> Iterator[None]:
+    """Within this block `import_object` imports only the `allowed` targets (and nothing named by `source`).
+
+    Artifacts are data: a saved program's `report.json` names the program to rebuild and its options, and an option
+    such as `stop_rule="os:system"` would otherwise be imported and called. Loaders wrap the rebuild in this block
+    with this project's own programs (plus what the user passed for this run) as `allowed`.
+
+    Example:
+        >>> with only_trusted_imports({"fractions:Fraction"}, "report.json"):
+        ...     import_object("os:system", "program")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        refine.errors.ConfigError: report.json names program 'os:system', which is not one of this project's ...
+    """
+    token = _TRUSTED.set((frozenset(allowed), source, hint))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def _describe(exc: BaseException) -> str:
@@ -62,6 +93,13 @@ def import_object(
     module, sep, attr = spec.partition(":") if spec is not None else ("", "", "")
     if not sep or not all(module.split(".")) or not all(attr.split(".")):
         raise ConfigError(f"{what[:1].upper()}{what[1:]} {target!r} must look like {prefix + form!r}.")
+    trusted = _TRUSTED.get()
+    if trusted is not None and target not in trusted[0] and spec not in trusted[0]:
+        message = (
+            f"{trusted[1]} names {what} {target!r}, which is not one of this project's programs; "
+            "refine never imports code named by a file."
+        )
+        raise ConfigError(f"{message} {trusted[2]}".rstrip())
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):

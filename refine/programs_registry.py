@@ -2,17 +2,21 @@
 
 A program spec is one of: a built-in name (see `BUILTIN`), `package.module:attr` where attr is a `ProgramGraph`,
 a `GraphModule` or a zero-argument factory returning one of those, or a directory/file written by `refine optimize`.
+
+A saved directory is data: the program its `report.json` names is rebuilt only when it is one of `BUILTIN` (or a
+spec the caller passes in `trust`), and no option in it can make refine import anything else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from refine.errors import ConfigError, RefineError
 from refine.imports import import_object
 
-__all__ = ["BUILTIN", "load_graph", "load_program"]
+__all__ = ["BUILTIN", "load_graph", "load_program", "trusted_targets"]
 
 # name -> "module:factory"; each factory takes keyword options and returns a ProgramGraph.
 BUILTIN: dict[str, str] = {
@@ -21,6 +25,15 @@ BUILTIN: dict[str, str] = {
     "self_refine": "refine.programs.self_refine:build_graph",
     "reflexion": "refine.programs.reflexion:build_graph",
 }
+
+
+# What the built-in programs themselves import from their default options (reflexion's toy environment).
+_BUILTIN_DEPENDENCIES = ("refine.envs.base:ToyEnv",)
+
+
+def trusted_targets(extra: Iterable[str] = ()) -> set[str]:
+    """The `module:attr` targets a saved artifact may name: this project's programs plus `extra` (user-given)."""
+    return {*BUILTIN, *BUILTIN.values(), *_BUILTIN_DEPENDENCIES, *extra}
 
 
 def _resolve(spec: str) -> Any:
@@ -52,11 +65,14 @@ def load_graph(spec: str, **options: Any) -> Any:
     return obj
 
 
-def load_program(spec: str, **options: Any) -> Any:
-    """Return a compiled program: a saved optimized program (directory or .json next to its meta) or a graph."""
+def load_program(spec: str, trust: Iterable[str] = (), **options: Any) -> Any:
+    """Return a compiled program: a saved optimized program (directory or .json next to its meta) or a graph.
+
+    `trust`: `module:attr` specs the user gave for this run that a saved program's report may name.
+    """
     path = Path(spec)
     if path.exists():
         from refine.optimizers import load_optimized
 
-        return load_optimized(path)
+        return load_optimized(path, trust=trust)
     return load_graph(spec, **options).compile()

@@ -75,6 +75,11 @@ class OptimizeConfig(BaseModel):
     log_dir: Path | None = Field(
         default=None, description="GEPA checkpoint directory (default OUT/gepa); rerunning with it resumes."
     )
+    unsafe_pickle_checkpoint: bool = Field(
+        default=False,
+        description="Resume from a GEPA checkpoint (gepa_state.bin) even when it holds Python objects, not only "
+        "data: unpickling it runs any code it names. Only for checkpoints you wrote yourself.",
+    )
     mlflow: bool | None = Field(
         default=None, description="Log to MLflow via mlflow.dspy.autolog() (None: when mlflow is installed)."
     )

@@ -39,7 +39,7 @@ from refine.optimizers.prompt_opt.budget import Budget, BudgetExhaustedError, Sp
 from refine.optimizers.prompt_opt.config import BOOTSTRAP_PRESETS, OptimizeConfig, load_examples, to_examples
 from refine.optimizers.prompt_opt.estimate import CostEstimate, estimate_cost
 
-__all__ = ["OptimizeResult", "evaluate_program", "optimize", "resolve_lm"]
+__all__ = ["OptimizeResult", "check_gepa_checkpoint", "evaluate_program", "optimize", "resolve_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,54 @@ def evaluate_program(
     return float(res.score) / 100.0, failed
 
 
+# Pickle opcodes that import or call anything; a checkpoint without them holds only built-in data (dicts, lists,
+# strings, numbers), which is what GEPA writes, so loading it can run no code.
+_CODE_OPCODES = frozenset(
+    {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1", "EXT2", "EXT4"}
+    | {"PERSID", "BINPERSID"}
+)
+GEPA_CHECKPOINT = "gepa_state.bin"
+
+
+def check_gepa_checkpoint(log_dir: Path | None, allow_unsafe: bool = False) -> None:
+    """Refuse a GEPA checkpoint that GEPA would `pickle.load` if it could run code, unless `allow_unsafe`.
+
+    GEPA resumes from `<log_dir>/gepa_state.bin`, a pickle. A planted pickle runs whatever it names when loaded, so
+    the file is read as opcodes first (nothing is executed): one that imports or calls anything is refused.
+
+    Raises:
+        ConfigError: the checkpoint names code (or is unreadable) and `allow_unsafe` is not set.
+    """
+    import pickletools
+
+    if log_dir is None or allow_unsafe:
+        return
+    path = Path(log_dir) / GEPA_CHECKPOINT
+    if not path.is_file():
+        return
+    fix = (
+        f"Delete {path} (or pick another --log-dir) to start over, or pass --unsafe-pickle-checkpoint "
+        "(unsafe_pickle_checkpoint=True) if you wrote it yourself: loading it runs any code it names."
+    )
+    try:
+        ops = {op.name for op, _, _ in pickletools.genops(path.read_bytes())}
+    except Exception as exc:  # truncated or not a pickle: GEPA could not resume from it either
+        raise ConfigError(f"The GEPA checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). {fix}") from None
+    named = sorted(ops & _CODE_OPCODES)
+    if named:
+        raise ConfigError(
+            f"The GEPA checkpoint {path} holds Python objects, not only data (pickle opcodes {', '.join(named)}), so "
+            f"resuming from it could run code. {fix}"
+        )
+
+
+def _gepa_log_dir(cfg: OptimizeConfig) -> Path | None:
+    given = cfg.optimizer_kwargs.get("log_dir")
+    if given:
+        return Path(given)
+    return cfg.log_dir or (cfg.out / "gepa" if cfg.out is not None else None)
+
+
 def _build_optimizer(
     cfg: OptimizeConfig, metric: Metric, task_lm: dspy.BaseLM, reflection_lm: dspy.BaseLM, budget: Budget
 ) -> Any:
@@ -164,7 +212,8 @@ def _build_optimizer(
         kw = {"auto": cfg.preset, "num_threads": cfg.num_threads, "seed": cfg.seed, "verbose": False}
         kw.update(cfg.optimizer_kwargs)
         return dspy.MIPROv2(metric=_score(metric), prompt_model=reflection_lm, task_model=task_lm, **kw)
-    log_dir = cfg.log_dir or (cfg.out / "gepa" if cfg.out is not None else None)
+    log_dir = _gepa_log_dir(cfg)
+    check_gepa_checkpoint(log_dir, cfg.unsafe_pickle_checkpoint)
 
     def stop_when_spent(_state: Any) -> bool:
         # Stop between iterations once a call was refused: GEPA then returns its best candidate so far.
@@ -282,6 +331,8 @@ def optimize(
     emit = on_event or (lambda kind, data: None)
 
     module, inputs, outputs = _prepare_program(program, cfg)
+    if cfg.method == "gepa":  # before any LM call: a planted checkpoint is refused up front
+        check_gepa_checkpoint(_gepa_log_dir(cfg), cfg.unsafe_pickle_checkpoint)
     train = _examples(trainset, cfg.trainset, inputs, "trainset")
     if not train:
         raise ConfigError("The trainset is empty: pass --trainset FILE (JSONL, one example per line).")
