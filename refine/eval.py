@@ -11,6 +11,15 @@ more than one. Each finished episode is appended to `episodes.jsonl` of a `RunSt
   and get the same observation back), mean steps, prompt/completion tokens,
 * held-in vs held-out groups (environments the agent was trained on vs not), and, with perturbation, the drop from
   the unperturbed success and progress rates.
+
+Every rate carries its count `n` and a 95% interval (`*_ci`: Wilson for success and per-step rates, a seeded bootstrap
+for progress means and for macro averages over environments; see `refine.stats`); cells with fewer than 20 episodes
+are flagged (`small_n`) and listed in `warnings`. `settings` records the suite, step bound, episodes, seeds and
+decoding, so a number can be read with what produced it. `compare(a, b)` gives the difference of two runs with its
+interval, paired by episode (environment, task, seed) when both runs played the same episodes.
+
+The variant key "base" in summaries is the original (unperturbed) action wording, "perturbed" the reworded one;
+reports and the CLI print them as "original" and "reworded", so "base" is never confused with a base model.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from refine.errors import ConfigError, RefineError
 
 __all__ = [
     "DEFAULT_ENVS",
+    "SUITES",
     "EvalConfig",
     "EvalResult",
+    "compare",
     "episode_specs",
     "evaluate",
     "run_episode",
@@ -46,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ENVS = ("babyai", "scienceworld", "pddl", "textworld")
 _RATES = ("success_rate", "progress_rate", "invalid_rate", "stuck_rate", "mean_steps")
+SUITES = ("refine", "agentboard")
 
 
 class EvalConfig(BaseModel):
@@ -65,11 +77,46 @@ class EvalConfig(BaseModel):
     )
     agent: str = Field(default="", description="Agent spec (recorded in the manifest).")
     model: str = Field(default="", description="Model id of the agent (recorded in the manifest).")
+    suite: str = Field(
+        default="refine",
+        description="'refine' (this project's environments) or 'agentboard' (AgentBoard's action spaces, subgoal "
+        "progress and success rules where they can be reproduced offline).",
+    )
+    annotations: str | None = Field(
+        default=None, description="With suite='agentboard': AgentBoard's data folder (DIR/<task>/test.jsonl subgoals)."
+    )
+    decoding: dict[str, Any] = Field(
+        default_factory=dict, description="The agent's decoding settings (recorded in the summary), e.g. temperature."
+    )
 
     @field_validator("envs", "held_in")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value if v.strip()]
+
+    @field_validator("suite")
+    @classmethod
+    def _suite(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v not in SUITES:
+            raise ValueError(f"unknown suite {value!r}; use one of: {', '.join(SUITES)}")
+        return v
+
+    def settings(self) -> dict[str, Any]:
+        """What produced the numbers: suite, step bound, episodes, seeds, decoding (the summary's `settings`)."""
+        return {
+            "suite": self.suite,
+            "envs": list(self.envs),
+            "max_steps": self.max_steps,
+            "episodes": self.episodes,
+            "seeds": [self.seed, self.seed + self.episodes - 1],
+            "perturb": self.perturb,
+            "decoding": dict(self.decoding),
+            "agent": self.agent,
+            "model": self.model,
+            "annotations": self.annotations,
+            "env_options": self.env_options,
+        }
 
 
 class EvalResult(BaseModel):
@@ -145,7 +192,11 @@ def run_episode(
     record["initial_observation"] = first.observation
     actions = describe_actions(first.available_actions, first.info.get("action_descriptions"))
     try:
-        session = agent.start(first.instruction, getattr(env, "description", ""), actions)
+        start_with_env = getattr(agent, "start_with_env", None)  # reference agents (expert, random) read the env
+        if callable(start_with_env):
+            session = start_with_env(env, first)
+        else:
+            session = agent.start(first.instruction, getattr(env, "description", ""), actions)
     except Exception as exc:  # a broken agent is a recorded failure of this episode
         record["error"] = f"agent failed to start: {type(exc).__name__}: {exc}"
         record["wall_s"] = round(time.perf_counter() - started, 3)
@@ -197,28 +248,51 @@ def run_episode(
 
 
 def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    from refine.stats import MIN_EPISODES, bootstrap_mean, wilson
+
     n = len(records)
     steps = sum(r["steps"] for r in records)
+    wins = sum(bool(r["success"]) for r in records)
+    invalid = sum(r["invalid_steps"] for r in records)
+    stuck = sum(r["repeated_steps"] for r in records)
     return {
         "episodes": n,
-        "success_rate": sum(bool(r["success"]) for r in records) / n if n else 0.0,
+        "n": n,
+        "steps": steps,
+        "success_rate": wins / n if n else 0.0,
+        "success_ci": list(wilson(wins, n)),
         "progress_rate": sum(float(r["progress"]) for r in records) / n if n else 0.0,
-        "invalid_rate": sum(r["invalid_steps"] for r in records) / steps if steps else 0.0,
-        "stuck_rate": sum(r["repeated_steps"] for r in records) / steps if steps else 0.0,
+        "progress_ci": list(bootstrap_mean([float(r["progress"]) for r in records])),
+        # Per-step rates: steps of one episode are not independent, so these intervals are optimistic.
+        "invalid_rate": invalid / steps if steps else 0.0,
+        "invalid_ci": list(wilson(invalid, steps)),
+        "stuck_rate": stuck / steps if steps else 0.0,
+        "stuck_ci": list(wilson(stuck, steps)),
         "mean_steps": steps / n if n else 0.0,
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "errors": sum(1 for r in records if r.get("error")),
+        "small_n": n < MIN_EPISODES,
     }
 
 
-def _macro(per_env: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average of per-environment rates (each environment weighs the same, as in AgentBoard), summed counts."""
+def _macro(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Average of per-environment rates (each environment weighs the same, as in AgentBoard), summed counts.
+
+    `groups` (the episode records of each environment) give the intervals: a bootstrap stratified by environment.
+    """
+    from refine.stats import stratified_bootstrap
+
     if not per_env:
         return _metrics([])
-    out = {k: sum(m[k] for m in per_env) / len(per_env) for k in _RATES}
-    for k in ("episodes", "prompt_tokens", "completion_tokens", "errors"):
-        out[k] = sum(m[k] for m in per_env)
+    out: dict[str, Any] = {k: sum(m[k] for m in per_env) / len(per_env) for k in _RATES}
+    for k in ("episodes", "steps", "prompt_tokens", "completion_tokens", "errors"):
+        out[k] = sum(m.get(k, 0) for m in per_env)
+    out["n"] = out["episodes"]
+    out["small_n"] = any(m.get("small_n", False) for m in per_env)
+    if groups is not None:
+        out["success_ci"] = list(stratified_bootstrap([[float(bool(r["success"])) for r in g] for g in groups]))
+        out["progress_ci"] = list(stratified_bootstrap([[float(r["progress"]) for r in g] for g in groups]))
     return out
 
 
@@ -229,19 +303,41 @@ def _drop(base: Mapping[str, Any], perturbed: Mapping[str, Any]) -> dict[str, fl
     }
 
 
-def summarize(records: Iterable[Mapping[str, Any]], held_in: Iterable[str] = ()) -> dict[str, Any]:
-    """Per-environment, overall and held-in/held-out metrics (and perturbation drops) from episode records."""
+def _variant_name(v: str) -> str:
+    return "original" if v == "base" else "reworded"
+
+
+def summarize(
+    records: Iterable[Mapping[str, Any]], held_in: Iterable[str] = (), settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-environment, overall and held-in/held-out metrics (and perturbation drops) from episode records.
+
+    `settings` (see `EvalConfig.settings`) is stored as the summary's `settings` and names its suite.
+    """
+    from refine.stats import MIN_EPISODES
+
     recs = [dict(r) for r in records]
     held = {h.lower() for h in held_in}
     envs = sorted({r["env"] for r in recs})
     variants = [v for v in ("base", "perturbed") if any(r.get("variant", "base") == v for r in recs)]
     summary: dict[str, Any] = {"envs": {}, "variants": variants}
+    if settings is not None:
+        summary["suite"] = settings.get("suite", "refine")
+        summary["settings"] = dict(settings)
+    warnings: list[str] = []
+    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for env in envs:
         entry: dict[str, Any] = {"held_in": env in held}
         for v in variants:
             rs = [r for r in recs if r["env"] == env and r.get("variant", "base") == v]
             if rs:
                 entry[v] = _metrics(rs)
+                by_cell[(env, v)] = rs
+                if len(rs) < MIN_EPISODES:
+                    warnings.append(
+                        f"{env} ({_variant_name(v)} actions): n={len(rs)} episodes < {MIN_EPISODES}; "
+                        "its rates are too uncertain to compare (see the intervals)."
+                    )
         if "base" in entry and "perturbed" in entry:
             entry["drop"] = _drop(entry["base"], entry["perturbed"])
         summary["envs"][env] = entry
@@ -254,13 +350,84 @@ def summarize(records: Iterable[Mapping[str, Any]], held_in: Iterable[str] = ())
             continue
         g: dict[str, Any] = {"envs": names}
         for v in variants:
-            per = [summary["envs"][e][v] for e in names if v in summary["envs"][e]]
-            if per:
-                g[v] = _macro(per)
+            cells = [e for e in names if v in summary["envs"][e]]
+            if cells:
+                g[v] = _macro([summary["envs"][e][v] for e in cells], [by_cell[(e, v)] for e in cells])
         if "base" in g and "perturbed" in g:
             g["drop"] = _drop(g["base"], g["perturbed"])
         summary[group] = g
+    summary["warnings"] = warnings
     return summary
+
+
+def _episode_id(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (r["env"], r.get("variant", "base"), r.get("index", 0), r.get("seed"), r.get("task"))
+
+
+def _value(r: Mapping[str, Any], metric: str) -> float:
+    return float(bool(r["success"])) if metric == "success" else float(r["progress"])
+
+
+def compare(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The difference run b - run a of success and progress rates, per environment and variant and overall.
+
+    Episodes are paired by (environment, variant, index, seed, task) where both runs played exactly the same
+    episodes of a cell; otherwise that cell's difference is unpaired (Newcombe for success, bootstrap for progress).
+    The overall difference is the macro average over the environments both runs share.
+
+    Returns:
+        {"envs": {env: {variant: {"success": diff, "progress": diff}}}, "overall": {variant: {...}}}, each diff
+        {"delta", "ci", "n_a", "n_b", "paired"} (see `refine.stats.difference`).
+    """
+    from refine.stats import difference, stratified_difference
+
+    ra, rb = [dict(r) for r in a], [dict(r) for r in b]
+    out: dict[str, Any] = {"envs": {}, "overall": {}}
+    envs = sorted({r["env"] for r in ra} & {r["env"] for r in rb})
+    variants = [v for v in ("base", "perturbed") if any(r.get("variant", "base") == v for r in ra + rb)]
+    for v in variants:
+        pairs_a: list[dict[str, Any]] = []
+        pairs_b: list[dict[str, Any]] = []
+        strata: list[str] = []
+        groups_a: list[list[dict[str, Any]]] = []
+        groups_b: list[list[dict[str, Any]]] = []
+        all_paired = True
+        for env in envs:
+            ca = {_episode_id(r): r for r in ra if r["env"] == env and r.get("variant", "base") == v}
+            cb = {_episode_id(r): r for r in rb if r["env"] == env and r.get("variant", "base") == v}
+            if not ca or not cb:
+                continue
+            paired = set(ca) == set(cb)
+            all_paired = all_paired and paired
+            keys = sorted(ca, key=repr)
+            xa = [ca[k] for k in keys] if paired else list(ca.values())
+            xb = [cb[k] for k in keys] if paired else list(cb.values())
+            out["envs"].setdefault(env, {})[v] = {
+                metric: difference([_value(r, metric) for r in xa], [_value(r, metric) for r in xb], paired=paired,
+                                   binary=metric == "success")
+                for metric in ("success", "progress")
+            }  # fmt: skip
+            pairs_a += xa
+            pairs_b += xb
+            strata += [env] * len(xa)
+            groups_a.append(xa)
+            groups_b.append(xb)
+        if not groups_a:
+            continue
+        overall: dict[str, Any] = {}
+        for metric in ("success", "progress"):
+            if all_paired:
+                overall[metric] = difference(
+                    [_value(r, metric) for r in pairs_a], [_value(r, metric) for r in pairs_b], paired=True,
+                    strata=strata,
+                )  # fmt: skip
+            else:
+                overall[metric] = stratified_difference(
+                    [[_value(r, metric) for r in g] for g in groups_a],
+                    [[_value(r, metric) for r in g] for g in groups_b],
+                )
+        out["overall"][v] = overall
+    return out
 
 
 class _StartGate:
@@ -518,7 +685,7 @@ def evaluate(
         pool.close()
     wall = time.perf_counter() - started
     all_records = list(store.records("episodes")) if store is not None else records
-    summary = summarize(all_records, config.held_in)
+    summary = summarize(all_records, config.held_in, settings=config.settings())
     summary["run"] = {
         "episodes_played": len(todo),
         "wall_s": round(wall, 3),

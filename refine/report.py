@@ -14,30 +14,54 @@ import base64
 import html
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from refine.errors import RunStoreError
 
-__all__ = ["RunData", "build_report", "load_run", "render_html"]
+__all__ = ["RunData", "build_report", "load_run", "plot_figures", "render_html"]
 
 _MAX_TEXT = 4000
 
 
 class RunData:
-    """One evaluation run: its label, summary and episode records."""
+    """One evaluation run: its label, summary and episode records; `partial` when it did not finish."""
 
-    def __init__(self, path: Path, label: str, summary: dict[str, Any], episodes: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        label: str,
+        summary: dict[str, Any],
+        episodes: list[dict[str, Any]],
+        *,
+        partial: bool = False,
+        expected: int | None = None,
+    ) -> None:
         self.path = path
         self.label = label
         self.summary = summary
         self.episodes = episodes
+        self.partial = partial
+        self.expected = expected
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.summary.get("settings") or {})
+
+    @property
+    def agent(self) -> str:
+        return str(self.settings.get("agent") or "")
 
 
 def load_run(path: str | os.PathLike[str]) -> RunData:
-    """Read a `refine eval` run directory (summary recomputed from the episodes if summary.json is missing)."""
-    from refine.eval import summarize
+    """Read a `refine eval` run directory.
+
+    The summary is always recomputed from `episodes.jsonl` (a resumed run that was killed leaves a stale
+    `summary.json`); a run whose manifest is not "finished", or that holds fewer episodes than its config asks for,
+    is `partial`.
+    """
+    from refine.eval import EvalConfig, episode_specs, summarize
     from refine.store import RunStore
 
     p = Path(path)
@@ -45,14 +69,23 @@ def load_run(path: str | os.PathLike[str]) -> RunData:
     episodes = list(store.records("episodes"))
     if not episodes:
         raise RunStoreError(f"{p} holds no evaluation episodes (episodes.jsonl); pass the --out of `refine eval`.")
-    config = store.manifest.get("config", {})
+    manifest = store.manifest
+    config = manifest.get("config", {})
+    expected: int | None = None
+    settings: dict[str, Any] | None = None
+    try:
+        cfg = EvalConfig(**{k: v for k, v in config.items() if k in EvalConfig.model_fields})
+        expected, settings = len(episode_specs(cfg)), cfg.settings()
+    except ValueError:  # an older or hand-written manifest: no expected count, settings as recorded
+        pass
     summary_file = p / "summary.json"
-    if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
-    else:
-        summary = summarize(episodes, config.get("held_in", []))
+    old = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = summarize(episodes, config.get("held_in", []), settings=old.get("settings") or settings)
+    if "run" in old:
+        summary["run"] = old["run"]
+    partial = manifest.get("status") != "finished" or (expected is not None and len(episodes) < expected)
     label = config.get("model") or config.get("agent") or p.name
-    return RunData(p, str(label), summary, episodes)
+    return RunData(p, str(label), summary, episodes, partial=partial, expected=expected)
 
 
 def _unique_labels(runs: Sequence[RunData]) -> None:
@@ -65,61 +98,113 @@ def _unique_labels(runs: Sequence[RunData]) -> None:
             seen[r.label] = 1
 
 
-def _plots(runs: Sequence[RunData], out: Path) -> dict[str, Path]:
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def plot_figures(runs: Sequence[RunData]) -> dict[str, Any]:
+    """The report's matplotlib figures by name (the caller saves and closes them).
+
+    Every run has one colour in every plot. Rates are drawn as a marker with its 95% interval (a bar of height 0 is
+    invisible, and most small models score 0 on some environment), with the value written next to it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files: dict[str, Path] = {}
+    figs: dict[str, Any] = {}
     envs = sorted({e for r in runs for e in r.summary.get("envs", {})})
-    width = 0.8 / max(1, len(runs))
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(envs) + 3), 3.6))
-    for ax, metric, title in ((axes[0], "success_rate", "Success rate"), (axes[1], "progress_rate", "Progress rate")):
+    slot = 0.8 / max(1, len(runs))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.6 * len(envs) * max(1, len(runs)) ** 0.5 + 4), 3.8))
+    for ax, metric, title in ((axes[0], "success", "Success rate"), (axes[1], "progress", "Progress rate")):
         for i, run in enumerate(runs):
-            vals = [run.summary["envs"].get(e, {}).get("base", {}).get(metric, 0.0) for e in envs]
-            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(envs))]
-            ax.bar(xs, vals, width=width, label=run.label)
-        ax.set_xticks(range(len(envs)), envs, rotation=20)
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
+            cells = [(j, run.summary["envs"].get(e, {}).get("base")) for j, e in enumerate(envs)]
+            cells = [(j, m) for j, m in cells if m]
+            if not cells:
+                continue
+            xs = [j + (i - (len(runs) - 1) / 2) * slot for j, _ in cells]
+            ys = [m[f"{metric}_rate"] for _, m in cells]
+            cis = [m.get(f"{metric}_ci") or [y, y] for (_, m), y in zip(cells, ys, strict=True)]
+            err = [[max(0.0, y - c[0]) for y, c in zip(ys, cis, strict=True)],
+                   [max(0.0, c[1] - y) for y, c in zip(ys, cis, strict=True)]]  # fmt: skip
+            ax.errorbar(xs, ys, yerr=err, fmt="o", color=_color(i), capsize=3, markersize=6,
+                        label=run.label + (" (partial)" if run.partial else ""))  # fmt: skip
+            for x, y, (_, m) in zip(xs, ys, cells, strict=True):
+                ax.annotate(f"{100 * y:.0f}% n={m.get('n', m.get('episodes'))}", (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=_color(i))  # fmt: skip
+        ax.set_xticks(range(len(envs)))
+        ax.set_xticklabels(envs, rotation=20)
+        ax.set_xlim(-0.6, len(envs) - 0.4)
+        ax.set_ylim(-0.05, 1.1)
+        ax.set_title(title + " (95% interval)")
         ax.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    files["success_progress"] = out / "success_progress.png"
-    fig.savefig(files["success_progress"], dpi=100)
-    plt.close(fig)
+    figs["success_progress"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    # Episode lengths: one panel per environment, runs side by side in each bin (never drawn over each other).
+    cols = min(4, max(1, len(envs)))
+    rows = -(-max(1, len(envs)) // cols)
+    fig, axes2 = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False)
     max_steps = max((ep["steps"] for r in runs for ep in r.episodes), default=1)
-    bins = range(0, max_steps + 2)
-    for run in runs:
-        ax.hist([ep["steps"] for ep in run.episodes], bins=bins, alpha=0.55, label=run.label)
-    ax.set_xlabel("steps per episode")
-    ax.set_ylabel("episodes")
-    ax.set_title("Episode length")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    files["steps_hist"] = out / "steps_hist.png"
-    fig.savefig(files["steps_hist"], dpi=100)
-    plt.close(fig)
+    bins = list(range(0, max_steps + 2))
+    for k, env in enumerate(envs or [""]):
+        ax = axes2[k // cols][k % cols]
+        data = [[ep["steps"] for ep in r.episodes if ep["env"] == env and ep.get("variant", "base") == "base"]
+                for r in runs]  # fmt: skip
+        shown = [(i, d) for i, d in enumerate(data) if d]
+        if shown:
+            ax.hist([d for _, d in shown], bins=bins, color=[_color(i) for i, _ in shown],
+                    label=[runs[i].label for i, _ in shown], align="left", rwidth=0.9)  # fmt: skip
+        ax.set_title(env or "episodes", fontsize=9)
+        ax.set_xlabel("steps", fontsize=8)
+        ax.set_ylabel("episodes", fontsize=8)
+    for k in range(len(envs or [""]), rows * cols):
+        axes2[k // cols][k % cols].axis("off")
+    handles = [matplotlib.patches.Patch(color=_color(i), label=r.label) for i, r in enumerate(runs)]
+    fig.legend(handles=handles, fontsize=8, loc="upper right")
+    fig.suptitle("Episode length (original actions)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
+    figs["steps_hist"] = fig
 
-    perturbed = [r for r in runs if "perturbed" in r.summary.get("overall", {})]
+    perturbed = [(i, r) for i, r in enumerate(runs) if "perturbed" in r.summary.get("overall", {})]
     if perturbed:
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        labels = [r.label for r in perturbed]
-        base = [r.summary["overall"]["base"]["progress_rate"] for r in perturbed]
-        pert = [r.summary["overall"]["perturbed"]["progress_rate"] for r in perturbed]
-        xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], base, width=0.4, label="original actions")
-        ax.bar([x + 0.2 for x in xs], pert, width=0.4, label="reworded actions")
-        ax.set_xticks(list(xs), labels, rotation=15)
-        ax.set_ylim(0, 1)
-        ax.set_title("Robustness: progress rate")
-        ax.legend(fontsize=8)
+        labels = [r.label for _, r in perturbed]
+        xs = list(range(len(labels)))
+        for off, key, hatch in ((-0.2, "base", ""), (0.2, "perturbed", "//")):
+            ys = [r.summary["overall"][key]["progress_rate"] for _, r in perturbed]
+            cis = [
+                r.summary["overall"][key].get("progress_ci") or [y, y] for (_, r), y in zip(perturbed, ys, strict=True)
+            ]
+            err = [[max(0.0, y - c[0]) for y, c in zip(ys, cis, strict=True)],
+                   [max(0.0, c[1] - y) for y, c in zip(ys, cis, strict=True)]]  # fmt: skip
+            ax.bar([x + off for x in xs], [max(y, 0.005) for y in ys], width=0.4, yerr=err, capsize=3, hatch=hatch,
+                   color=[_color(i) for i, _ in perturbed], edgecolor="black")  # fmt: skip
+        ax.legend(handles=[
+            matplotlib.patches.Patch(facecolor="white", edgecolor="black", label="original actions"),
+            matplotlib.patches.Patch(facecolor="white", edgecolor="black", hatch="//", label="reworded actions"),
+        ], fontsize=8)  # fmt: skip
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=15)
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Robustness: progress rate (95% interval)")
         fig.tight_layout()
-        files["robustness"] = out / "robustness.png"
-        fig.savefig(files["robustness"], dpi=100)
+        figs["robustness"] = fig
+    return figs
+
+
+def _plots(runs: Sequence[RunData], out: Path) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    files: dict[str, Path] = {}
+    for name, fig in plot_figures(runs).items():
+        files[name] = out / f"{name}.png"
+        fig.savefig(files[name], dpi=100)
         plt.close(fig)
     return files
 
@@ -128,27 +213,51 @@ def _pct(x: Any) -> str:
     return f"{100 * float(x):.1f}" if isinstance(x, int | float) else "–"
 
 
+def _ci(m: Mapping[str, Any], key: str) -> str:
+    ci = m.get(key)
+    return f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f}" if ci else "–"
+
+
+def _rate(m: Mapping[str, Any], metric: str) -> str:
+    """'42.0 [30–55]': the rate in percent with its 95% interval."""
+    return f"{_pct(m.get(f'{metric}_rate'))} <small>[{_ci(m, f'{metric}_ci')}]</small>"
+
+
+def _signed(d: Mapping[str, Any]) -> str:
+    lo, hi = d["ci"]
+    return f"{100 * d['delta']:+.1f} <small>[{100 * lo:+.0f}, {100 * hi:+.0f}]</small>"
+
+
+def _run_label(run: RunData) -> str:
+    text = html.escape(run.label)
+    return text + (' <span class="partial">partial</span>' if run.partial else "")
+
+
 def _summary_table(runs: Sequence[RunData]) -> str:
     rows = []
     for run in runs:
         envs = run.summary.get("envs", {})
-        for env, entry in sorted(envs.items()):
+        entries = [*sorted(envs.items()), ("overall", run.summary.get("overall", {}))]
+        for env, entry in entries:
             for variant in ("base", "perturbed"):
                 m = entry.get(variant)
                 if not m:
                     continue
+                split = "macro avg" if env == "overall" else ("held-in" if entry.get("held_in") else "held-out")
+                small = ' class="small-n"' if m.get("small_n") else ""
                 rows.append(
-                    "<tr>"
-                    f"<td>{html.escape(run.label)}</td><td>{html.escape(env)}</td>"
-                    f"<td>{'held-in' if entry.get('held_in') else 'held-out'}</td><td>{variant}</td>"
-                    f"<td>{m['episodes']}</td><td>{_pct(m['success_rate'])}</td><td>{_pct(m['progress_rate'])}</td>"
+                    f"<tr{small}>"
+                    f"<td>{_run_label(run)}</td><td>{html.escape(env)}</td><td>{split}</td>"
+                    f"<td>{'reworded' if variant == 'perturbed' else 'original'}</td>"
+                    f"<td>{m.get('n', m['episodes'])}</td><td>{_rate(m, 'success')}</td><td>{_rate(m, 'progress')}</td>"
                     f"<td>{_pct(m['invalid_rate'])}</td><td>{_pct(m['stuck_rate'])}</td>"
                     f"<td>{m['mean_steps']:.1f}</td><td>{m['prompt_tokens'] + m['completion_tokens']}</td>"
                     f"<td>{m.get('errors', 0)}</td></tr>"
                 )
     head = (
-        "<tr><th>run</th><th>env</th><th>split</th><th>actions</th><th>episodes</th><th>success %</th>"
-        "<th>progress %</th><th>invalid %</th><th>stuck %</th><th>mean steps</th><th>tokens</th><th>errors</th></tr>"
+        "<tr><th>run</th><th>env</th><th>split</th><th>actions</th><th>n</th><th>success % [95% CI]</th>"
+        "<th>progress % [95% CI]</th><th>invalid %</th><th>stuck %</th><th>mean steps</th><th>tokens</th>"
+        "<th>errors</th></tr>"
     )
     return f'<table id="summary-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -160,14 +269,14 @@ def _groups_table(runs: Sequence[RunData]) -> str:
             g = run.summary.get(group)
             if not g:
                 continue
-            base, pert, drop = g.get("base", {}), g.get("perturbed"), g.get("drop")
+            orig, pert, drop = g.get("base", {}), g.get("perturbed"), g.get("drop")
             rows.append(
                 "<tr>"
-                f"<td>{html.escape(run.label)}</td><td>{group.replace('_', '-')}</td>"
+                f"<td>{_run_label(run)}</td><td>{group.replace('_', '-')}</td>"
                 f"<td>{html.escape(', '.join(g.get('envs', [])))}</td>"
-                f"<td>{_pct(base.get('success_rate'))}</td><td>{_pct(base.get('progress_rate'))}</td>"
-                f"<td>{_pct(pert['success_rate']) if pert else '–'}</td>"
-                f"<td>{_pct(pert['progress_rate']) if pert else '–'}</td>"
+                f"<td>{_rate(orig, 'success')}</td><td>{_rate(orig, 'progress')}</td>"
+                f"<td>{_rate(pert, 'success') if pert else '–'}</td>"
+                f"<td>{_rate(pert, 'progress') if pert else '–'}</td>"
                 f"<td>{_pct(drop['success_rate']) if drop else '–'}</td>"
                 f"<td>{_pct(drop['progress_rate']) if drop else '–'}</td></tr>"
             )
@@ -176,6 +285,92 @@ def _groups_table(runs: Sequence[RunData]) -> str:
         "<th>reworded success %</th><th>reworded progress %</th><th>success drop</th><th>progress drop</th></tr>"
     )
     return f'<table id="groups-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _delta_table(runs: Sequence[RunData]) -> str:
+    """Each run minus the first (the reference run), per environment and overall, with 95% intervals."""
+    from refine.eval import compare
+
+    if len(runs) < 2:
+        return '<p id="delta-none">One run only: give two or more run directories to compare them.</p>'
+    ref = runs[0]
+    rows = []
+    for run in runs[1:]:
+        diff = compare(ref.episodes, run.episodes)
+        cells = [(env, by) for env, by in sorted(diff["envs"].items())] + [("overall", diff["overall"])]
+        for env, by in cells:
+            for variant, d in by.items():
+                rows.append(
+                    "<tr>"
+                    f"<td>{_run_label(run)} − {_run_label(ref)}</td><td>{html.escape(env)}</td>"
+                    f"<td>{'reworded' if variant == 'perturbed' else 'original'}</td>"
+                    f"<td>{d['success']['n_a']} / {d['success']['n_b']}</td>"
+                    f"<td>{'paired' if d['success']['paired'] else 'unpaired'}</td>"
+                    f"<td>{_signed(d['success'])}</td><td>{_signed(d['progress'])}</td></tr>"
+                )
+    head = (
+        "<tr><th>comparison</th><th>env</th><th>actions</th><th>n (ref / run)</th><th>episodes</th>"
+        "<th>Δ success pts [95% CI]</th><th>Δ progress pts [95% CI]</th></tr>"
+    )
+    return f'<table id="delta-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _bounds_table(runs: Sequence[RunData]) -> str:
+    refs = [r for r in runs if r.agent in ("expert", "random")]
+    if not refs:
+        return (
+            '<p id="bounds-none">No reference runs: add the runs of <code>refine eval --agent expert</code> (upper '
+            "bound) and <code>--agent random</code> (lower bound) with the same settings.</p>"
+        )
+    rows = []
+    for run in sorted(refs, key=lambda r: r.agent):
+        for env, entry in sorted(run.summary.get("envs", {}).items()):
+            m = entry.get("base")
+            if m:
+                rows.append(
+                    f"<tr><td>{html.escape(run.agent)}</td><td>{_run_label(run)}</td><td>{html.escape(env)}</td>"
+                    f"<td>{m.get('n', m['episodes'])}</td><td>{_rate(m, 'success')}</td>"
+                    f"<td>{_rate(m, 'progress')}</td></tr>"
+                )
+    head = "<tr><th>bound</th><th>run</th><th>env</th><th>n</th><th>success %</th><th>progress %</th></tr>"
+    return f'<table id="bounds-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _settings_table(runs: Sequence[RunData]) -> str:
+    rows = []
+    for run in runs:
+        st = run.settings
+        seeds = st.get("seeds") or ["?", "?"]
+        decoding = ", ".join(f"{k}={v}" for k, v in sorted((st.get("decoding") or {}).items())) or "–"
+        played = f"{len(run.episodes)}" + (f" of {run.expected}" if run.expected is not None else "")
+        rows.append(
+            f"<tr><td>{_run_label(run)}</td><td>{html.escape(str(st.get('suite', 'refine')))}</td>"
+            f"<td>{html.escape(str(st.get('agent') or '–'))}</td>"
+            f"<td>{html.escape(', '.join(st.get('envs') or []))}</td><td>{st.get('max_steps', '–')}</td>"
+            f"<td>{st.get('episodes', '–')}</td><td>{seeds[0]}–{seeds[-1]}</td>"
+            f"<td>{'yes' if st.get('perturb') else 'no'}</td><td>{html.escape(decoding)}</td>"
+            f"<td>{played}</td></tr>"
+        )
+    head = (
+        "<tr><th>run</th><th>suite</th><th>agent</th><th>envs</th><th>max steps</th><th>episodes per env</th>"
+        "<th>seeds</th><th>reworded too</th><th>decoding</th><th>episodes played</th></tr>"
+    )
+    return f'<table id="settings-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _warnings(runs: Sequence[RunData]) -> str:
+    items = []
+    for run in runs:
+        if run.partial:
+            of = f" of {run.expected}" if run.expected is not None else ""
+            items.append(
+                f"{html.escape(run.label)}: PARTIAL run, {len(run.episodes)}{of} episodes played (the eval was "
+                "killed or is still running); its numbers are not final. Rerun `refine eval` with --resume."
+            )
+        items += [f"{html.escape(run.label)}: {html.escape(w)}" for w in run.summary.get("warnings", [])]
+    if not items:
+        return ""
+    return '<ul id="warnings">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
 def _clip(text: Any) -> Any:
@@ -202,8 +397,9 @@ def _episodes_json(runs: Sequence[RunData]) -> str:
                     "steps": [{k: _clip(v) for k, v in s.items()} for s in ep.get("trajectory", [])],
                 }
             )
-    # Inside <script>, "</" would end the element early.
-    return json.dumps(eps, ensure_ascii=False).replace("</", "<\\/")
+    # Inside <script>, "</" ends the element and "<!--" opens an escaped state that swallows the next script:
+    # no "<" may appear in the data at all (JSON reads the escape back as "<").
+    return json.dumps(eps, ensure_ascii=False).replace("<", "\\u003c")
 
 
 _CSS = """
@@ -218,6 +414,8 @@ th{background:#f2f4f7}td:nth-child(-n+4){text-align:left}img{max-width:100%;bord
 .flag{display:inline-block;font-size:.75em;padding:1px 6px;border-radius:9px;margin-left:6px;background:#eee}
 .flag.bad{background:#f8d7da}.flag.warn{background:#ffe8a1}.flag.good{background:#d4edda}
 #episode-select{font-size:.95em;padding:3px;max-width:100%}.meta{color:#555;margin:6px 0}
+.partial{background:#f8d7da;border-radius:9px;padding:0 6px;font-size:.8em}tr.small-n td{color:#6b5a00}
+#warnings{background:#fff8e6;border:1px solid #ffe8a1;padding:8px 28px}small{color:#666}
 """
 
 _JS = """
@@ -229,7 +427,8 @@ _JS = """
     if(text!==undefined && text!==null) e.textContent=text; return e;}
   episodes.forEach(function(ep, i){
     var o = document.createElement('option'); o.value = i;
-    o.textContent = ep.run + ' | ' + ep.env + ' | ' + ep.variant + ' #' + ep.index + ' | ' +
+    o.textContent = ep.run + ' | ' + ep.env + ' | ' + (ep.variant === 'perturbed' ? 'reworded' : 'original') +
+      ' #' + ep.index + ' | ' +
       (ep.success ? 'success' : 'fail') + ' | progress ' + Math.round(100*ep.progress) + '%';
     sel.appendChild(o);
   });
@@ -279,10 +478,21 @@ def render_html(runs: Sequence[RunData], images: dict[str, Path], title: str = "
 <body>
 <h1>{html.escape(title)}</h1>
 <ul>{sources}</ul>
+{_warnings(runs)}
+<h2>Eval settings</h2>
+{_settings_table(runs)}
 <h2>Summary per environment</h2>
 <p>Progress rate = mean over episodes of the best fraction of subgoals reached (AgentBoard); invalid and stuck rates
-are per step; "reworded" rows use the perturbed action formats.</p>
+are per step. Brackets: 95% interval (Wilson for success, bootstrap for progress and for the macro average over
+environments). "original" and "reworded" name the action wording; rows in brown have fewer than 20 episodes.</p>
 {_summary_table(runs)}
+<h2>Differences from the reference run ({html.escape(runs[0].label) if runs else "–"})</h2>
+<p>Each later run minus the first run given, in percentage points with a 95% interval; paired by episode
+(environment, task, seed) where both runs played the same episodes. An interval that holds 0 is no evidence of a
+difference.</p>
+{_delta_table(runs)}
+<h2>Reference bounds</h2>
+{_bounds_table(runs)}
 <h2>Held-in / held-out and robustness</h2>
 {_groups_table(runs)}
 <h2>Plots</h2>
