@@ -1,4 +1,4 @@
-"""The data model of refinement tuning: scripts, turns, trajectories and verdicts (pydantic v2).
+"""The data model of refinement tuning: scripts, turns, trajectories, verdicts and run records (pydantic v2).
 
 Everything that crosses a module boundary, lands in a run directory or is exported is one of these models,
 so JSON round-trips are exact (`Model.model_validate_json(m.model_dump_json()) == m`).
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "ActionSpec",
     "Provenance",
+    "RunRecord",
     "Script",
     "Trajectory",
     "Turn",
@@ -221,3 +222,35 @@ class Trajectory(_Model):
                 episodes += 1
                 pending = False
         return episodes
+
+
+class RunRecord(BaseModel):
+    """One line of a run's `accepted.jsonl` / `rejected.jsonl`: the trajectory and how it was made.
+
+    Every synthesis path writes this model and every reader validates it, so a record is never guessed at
+    (`trajectory` is required; there is no "the record is the trajectory" fallback). The verdict lives on the
+    trajectory. Writers may add their own context fields (index, persona, env, seconds, ...): they are kept.
+
+    Example:
+        >>> rec = RunRecord(key="k0", accepted=False, trajectory=Trajectory(script=Script(
+        ...     environment="", tasks=[], actions=[])), error="LMError: down")
+        >>> RunRecord.model_validate_json(rec.model_dump_json()) == rec
+        True
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    key: str = Field(description="The item's resume key (unique in the run).")
+    accepted: bool = Field(description="True when the trajectory passed verification.")
+    trajectory: Trajectory
+    attempts: list[Any] = Field(default_factory=list, description="Every attempt of every stage, with its reason.")
+    usage: dict[str, dict[str, int]] = Field(default_factory=dict, description="Model id -> token and call counts.")
+    error: str | None = Field(default=None, description="The exception that ended the item, if any.")
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.trajectory.verdict
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in the run directory (the store adds nothing but checks `key`)."""
+        return self.model_dump(mode="json")

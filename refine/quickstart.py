@@ -139,7 +139,7 @@ def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes."""
     import dspy
 
-    from refine.data import Verdict
+    from refine.data import RunRecord, Verdict
     from refine.executor import Emit, run_items
     from refine.lm import default_adapter, get_lm
     from refine.programs.interactive import InteractiveRefine
@@ -166,16 +166,17 @@ def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
         traj = pred.trajectory
         verdict = pred.verdict or Verdict(ok=False, reasons=["no verdict"], stage="parse", checks=1)
         traj.provenance.seed = item["seed"]
-        record = {
-            "id": traj.id,
-            "env": item["env"],
-            "seed": item["seed"],
-            "accepted": verdict.ok,
-            "success": bool(pred.success),
-            "trajectory": traj.model_dump(mode="json"),
-            "verdict": verdict.model_dump(mode="json"),
-            "attempts": pred.attempts,
-        }
+        record = RunRecord(
+            key=item["key"],
+            accepted=verdict.ok,
+            trajectory=traj.model_copy(update={"verdict": verdict}),
+            attempts=list(pred.attempts or []),
+            id=traj.id,
+            env=item["env"],
+            seed=item["seed"],
+            success=bool(pred.success),
+            verdict=verdict.model_dump(mode="json"),
+        ).to_json()
         return [Emit("accepted" if verdict.ok else "rejected", item["key"], record)]
 
     config = {"stage": "env-synthesis", "student": cfg.student, "envs": cfg.train_envs, "items": len(items)}

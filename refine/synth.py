@@ -27,7 +27,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine.data import Trajectory, Verdict, content_id
+from refine.data import RunRecord, Trajectory, Verdict, content_id
 from refine.errors import ConfigError, LMError
 from refine.imports import PY_PREFIX, load_py_lm
 
@@ -236,20 +236,21 @@ class SynthWork:
         with self._lock:
             self.tokens += tokens
         verdict = traj.verdict or Verdict(ok=False, reasons=["no verdict"], stage="parse", checks=1)
-        record = {
-            "id": traj.id,
-            "index": item["index"],
-            "persona": item["persona"],
-            "seed": item["seed"],
-            "accepted": verdict.ok,
-            "trajectory": traj.model_dump(mode="json"),
-            "verdict": verdict.model_dump(mode="json"),
-            "attempts": attempts,
-            "usage": usage,
-            "lm_calls": sum(counter.calls.values()),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "error": error,
-        }
+        record = RunRecord(
+            key=item["key"],
+            accepted=verdict.ok,
+            trajectory=traj.model_copy(update={"verdict": verdict}),
+            attempts=attempts,
+            usage=usage,
+            error=error,
+            id=traj.id,
+            index=item["index"],
+            persona=item["persona"],
+            seed=item["seed"],
+            verdict=verdict.model_dump(mode="json"),
+            lm_calls=sum(counter.calls.values()),
+            seconds=round(time.perf_counter() - t0, 3),
+        ).to_json()
         return [Emit("accepted" if verdict.ok else "rejected", item["key"], record)]
 
     def _trajectory(self, pred: Any, item: dict[str, Any], error: str | None) -> tuple[Trajectory, list[Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from refine.cli import (
     cmd_distill,
     cmd_eval,
+    cmd_export,
     cmd_graph,
     cmd_lm,
     cmd_optimize,
@@ -16,6 +17,7 @@ REGISTRARS = [
     cmd_lm.register,
     cmd_graph.register,
     cmd_synth.register,
+    cmd_export.register,
     cmd_optimize.register,
     cmd_distill.register,
     cmd_eval.register,

@@ -1,4 +1,4 @@
-"""`refine synth` (synthesize verified refinement trajectories) and `refine export` (to training formats)."""
+"""`refine synth`: synthesize verified refinement trajectories into a run directory."""
 
 from __future__ import annotations
 
@@ -90,22 +90,6 @@ def synth(
     Console().print(table)
 
 
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `refine synth`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (messages/sharegpt) or folder (hf).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="hf (datasets folder), sharegpt, messages.")] = "messages",
-) -> None:
-    """Export the accepted trajectories of a run (provenance on every row, loss flags on assistant turns)."""
-    from refine.export import export_run
-
-    counts = export_run(run_dir, fmt, out)
-    typer.echo(
-        f"Exported {counts['rows']} trajectories ({counts['assistant_turns']} assistant turns, "
-        f"{counts['masked_turns']} masked) as {counts['format']} to {counts['out']}"
-    )
-
-
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("synth")(synth)
-    app.command("export")(export)

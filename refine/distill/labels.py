@@ -5,8 +5,9 @@ assistant turn (with and without that turn) to learn, in characters of the full 
 starts and where it ends. The full render is tokenized once with offsets; a token is trained when it starts inside
 a trained assistant span. Tokens of system and user turns, of the template's headers, and of assistant turns with
 ``loss: false`` get ``-100``. A trained span runs from the first character after the assistant header up to and
-including the turn's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ``</s>``); whitespace the template writes
-after that token belongs to the next turn.
+including the turn's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ``</s>``, ``<|end|>``); whitespace the
+template writes after that token belongs to the next turn, and what a template appends after the last turn only
+(Phi-3's ``<|endoftext|>`` when no generation prompt is asked for) is not part of any turn.
 
 Every render of a prefix must be a prefix of the full render, and the token ids must equal
 ``apply_chat_template(messages, tokenize=True)``; otherwise a `TrainingError` says which turn disagrees.
@@ -67,6 +68,22 @@ def _render_empty_prompt(tokenizer: Any, chat_template: str | None) -> str:
         return ""
 
 
+def _without_closing(tokenizer: Any, upto: str, full: str) -> str:
+    """Drop what a template appends after the last turn only (Phi-3's end-of-text when no generation prompt).
+
+    The cut is the latest token boundary of ``upto`` before which it agrees with the full render and after which it
+    equals the full render's own ending; a template that appends nothing returns ``upto`` unchanged.
+    """
+    if full.startswith(upto):
+        return upto
+    enc = tokenizer(upto, add_special_tokens=False, return_offsets_mapping=True)
+    for start, _end in reversed(enc["offset_mapping"]):
+        closing = upto[start:]
+        if closing and full.startswith(upto[:start]) and full.endswith(closing):
+            return upto[:start]
+    return upto
+
+
 def _trained_spans(
     tokenizer: Any, msgs: list[dict[str, str]], trained: list[bool], full: str, chat_template: str | None
 ) -> list[tuple[int, int]]:
@@ -78,7 +95,7 @@ def _trained_spans(
             head = _render(tokenizer, msgs[:i], True, chat_template)
         else:
             head = _render_empty_prompt(tokenizer, chat_template)
-        upto = _render(tokenizer, msgs[: i + 1], False, chat_template)
+        upto = _without_closing(tokenizer, _render(tokenizer, msgs[: i + 1], False, chat_template), full)
         for name, text in (("the prompt before", head), ("the conversation up to", upto)):
             if not full.startswith(text):
                 raise TrainingError(

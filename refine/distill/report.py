@@ -18,8 +18,10 @@ def data_provenance(rows: Sequence[Mapping[str, Any]], source: str) -> dict[str,
     programs: Counter[str] = Counter()
     personas = set()
     masked = trained = 0
+    from refine.codec import provenance_from_hf
+
     for r in rows:
-        prov = r.get("provenance") or {}
+        prov = provenance_from_hf(r.get("provenance"))  # an hf export's lists of records read back as dicts
         for role, model in (prov.get("models") or {}).items():
             models[f"{role}={model}"] += 1
         if prov.get("program_hash"):
