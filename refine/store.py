@@ -11,6 +11,11 @@ Each record is written with a single `write()` of one complete line on an O_APPE
 killed process leaves at most one torn final line; it is dropped (and truncated away) when the run is reopened.
 Every record carries a `key`; a key that is already present is never written again, so a resumed run neither loses
 nor duplicates work.
+
+A folder is a run only if its manifest says so: a store is never opened on a non-empty folder without one, and only
+the files the manifest lists (plus worker shards) are read or repaired, so no user file is touched. Writes never
+raise on odd text: lone surrogates become U+FFFD, strings longer than `MAX_FIELD_CHARS` are cut (the record says
+which), and secrets (environment values, `api_key`-like config values, `register_secret`) are scrubbed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from refine.errors import RunStoreError
 
-__all__ = ["RunStore", "package_versions", "redact", "scrub_secrets"]
+__all__ = ["MAX_FIELD_CHARS", "RunStore", "package_versions", "redact", "register_secret", "scrub_secrets"]
 
 # Whole name parts only: `max_tokens` / `prompt_tokens` are settings and usage counts, not secrets.
 _SECRET_KEY = re.compile(
@@ -40,6 +45,22 @@ _SECRET_KEY = re.compile(
 _SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
 _MANIFEST_IGNORED_ON_RESUME = ("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address")
+
+MAX_FIELD_CHARS = 200_000
+"""Longest string a record field may hold; longer ones are cut and listed in the record's `truncated` field."""
+_MAX_RECORD_BYTES = 32 * 2**20
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Files of a run directory that are no user's data: a killed start may leave these before its manifest.
+_RUN_ONLY = re.compile(r"^(\.lock(\..+)?|\.manifest\..*\.tmp|lm_cache)$")
+_REGISTERED: set[str] = set()
+_REGISTERED_LOCK = threading.Lock()
+
+
+def register_secret(value: Any) -> None:
+    """Scrub `value` (an API key given in code or config, not only in the environment) from every record and log."""
+    if isinstance(value, str) and len(value) >= 8:
+        with _REGISTERED_LOCK:
+            _REGISTERED.add(value)
 
 
 def _now() -> str:
@@ -63,11 +84,40 @@ def _secret_values() -> list[str]:
 
 
 def scrub_secrets(text: str, secrets: list[str] | None = None) -> str:
-    """Replace every value of a secret-looking environment variable (…KEY, …TOKEN, …SECRET) found in `text`."""
-    for s in _secret_values() if secrets is None else secrets:
+    """Replace every secret found in `text`: values of secret-looking environment variables (…KEY, …TOKEN, …SECRET)
+    and every value passed to `register_secret` (keys given in code or config)."""
+    with _REGISTERED_LOCK:
+        registered = list(_REGISTERED)
+    for s in sorted({*(_secret_values() if secrets is None else secrets), *registered}, key=len, reverse=True):
         if s in text:
             text = text.replace(s, "***")
     return text
+
+
+def _register_config_secrets(obj: Any) -> None:
+    """Register the values under secret-looking keys of a config (they are redacted there, and scrubbed elsewhere)."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if _SECRET_KEY.search(str(k)) and isinstance(v, str):
+                register_secret(v)
+            else:
+                _register_config_secrets(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _register_config_secrets(v)
+
+
+def _cap_strings(obj: Any, limit: int, path: str, cut: list[str]) -> Any:
+    if isinstance(obj, str):
+        if len(obj) > limit:
+            cut.append(path or "$")
+            return obj[:limit] + f"...[cut {len(obj) - limit} characters]"
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _cap_strings(v, limit, f"{path}.{k}" if path else str(k), cut) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_cap_strings(v, limit, f"{path}[{i}]", cut) for i, v in enumerate(obj)]
+    return obj
 
 
 def redact(obj: Any) -> Any:
@@ -100,7 +150,8 @@ def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
         raise RunStoreError(
             f"RunStore config must be a dict, a dataclass or a pydantic model, got {type(config).__name__}."
         )
-    text = json.dumps(redact(dict(config)), default=str, ensure_ascii=False)
+    _register_config_secrets(config)
+    text = _SURROGATES.sub("\ufffd", json.dumps(redact(dict(config)), default=str, ensure_ascii=False))
     normalized: dict[str, Any] = json.loads(scrub_secrets(text, secrets))
     return normalized
 
@@ -128,8 +179,11 @@ class RunStore:
         program_hash: str = "",
         shard: str | None = None,
         lock: bool = True,
+        max_field_chars: int = MAX_FIELD_CHARS,
     ) -> None:
         self.path = Path(path)
+        self.max_field_chars = max_field_chars
+        self._listed: set[str] | None = None  # files the manifest lists (None: a run written before the list)
         self.shard = shard
         self._lock = threading.Lock()
         self._secrets = _secret_values()
@@ -143,11 +197,16 @@ class RunStore:
                 f"Run directory {self.path} already holds a run. Pass --resume (resume=True) to continue it, "
                 "or choose another --out directory."
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._check_new_folder(exists)
         self._lockfile = None
         if lock:
             name = f".lock.{shard}" if shard else ".lock"
-            self._lockfile = open(self.path / name, "w")  # held for the store's lifetime
+            try:
+                self._lockfile = open(self.path / name, "w")  # held for the store's lifetime
+            except OSError as exc:
+                raise RunStoreError(
+                    f"Cannot write to the run directory {self.path} ({exc.strerror or exc}); pick a writable --out."
+                ) from None
             try:
                 fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -170,10 +229,13 @@ class RunStore:
                     f"Cannot resume {self.path}: the program changed (hash {manifest['program_hash']} -> "
                     f"{program_hash}). Resume with the same program, or start a new run."
                 )
+            listed = manifest.get("files")
+            self._listed = set(listed) if isinstance(listed, list) else None
             self._repair_and_index()
             if shard is None:
                 self.update_manifest(status="running", resumed_at=_now())
         else:
+            self._listed = set()
             self._write_manifest(
                 {
                     "config": config,
@@ -182,8 +244,31 @@ class RunStore:
                     "started_at": _now(),
                     "ended_at": None,
                     "status": "running",
+                    "files": [],
                 }
             )
+
+    def _check_new_folder(self, exists: bool) -> None:
+        """Refuse a path that is a file, a folder with someone's files but no manifest, or an unwritable place."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunStoreError(f"--out {self.path} is a file, not a folder; pass a new or empty folder.")
+        if not exists and self.shard is None and self.path.is_dir():
+            try:
+                foreign = sorted(p.name for p in self.path.iterdir() if not _RUN_ONLY.match(p.name))
+            except OSError as exc:
+                raise RunStoreError(f"Cannot read the folder {self.path} ({exc.strerror or exc}).") from None
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise RunStoreError(
+                    f"{self.path} is not empty ({shown}) and holds no run (no manifest.json); refine writes a run "
+                    "only into a new or empty folder, so none of your files is touched. Pick another --out."
+                )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunStoreError(
+                f"Cannot create the run directory {self.path} ({exc.strerror or exc}); pick a writable --out."
+            ) from None
 
     # ------------------------------------------------------------------ manifest
     @property
@@ -207,22 +292,41 @@ class RunStore:
     def update_manifest(self, **fields: Any) -> None:
         """Merge fields into the manifest (atomic replace)."""
         with self._lock:
-            data = self.manifest
-            data.update({k: _jsonable(v) for k, v in fields.items()})
-            self._write_manifest(data)
+            self._update_manifest_locked(fields)
+
+    def _update_manifest_locked(self, fields: Mapping[str, Any]) -> None:
+        data = self.manifest
+        data.update({k: _jsonable(v) for k, v in fields.items()})
+        if self._listed is not None and self.shard is None:
+            data["files"] = sorted(self._listed)  # a resume of an older run starts the list with what it writes
+        self._write_manifest(data)
 
     def finish(self, **totals: Any) -> None:
         self.update_manifest(status="finished", ended_at=_now(), **totals)
 
     # ------------------------------------------------------------------ records
+    def _is_run_file(self, name: str) -> bool:
+        """A record file of this run: listed in the manifest, or a worker's shard `<kind>.<shard>.jsonl`."""
+        parts = name.split(".")
+        if self._listed is None:  # a run from before the manifest listed its files
+            return len(parts) in (2, 3) and parts[0].isidentifier()
+        return name in self._listed or (len(parts) == 3 and parts[0].isidentifier() and parts[1].isidentifier())
+
     def _files(self, kind: str | None = None) -> list[Path]:
         pattern = f"{kind}*.jsonl" if kind else "*.jsonl"
-        return sorted(p for p in self.path.glob(pattern) if kind is None or p.name.split(".")[0] == kind)
+        return sorted(
+            p
+            for p in self.path.glob(pattern)
+            if (kind is None or p.name.split(".")[0] == kind) and self._is_run_file(p.name)
+        )
 
     def _repair_and_index(self) -> None:
         self._read_new()
         for p, end in self._offsets.items():
-            own = p.name.endswith(f".{self.shard}.jsonl") if self.shard else p.name.count(".") == 1
+            if self.shard:
+                own = p.name.endswith(f".{self.shard}.jsonl")
+            else:
+                own = p.name in self._listed if self._listed is not None else p.name.count(".") == 1
             if own and p.stat().st_size > end:
                 # A torn last line (a crash mid-write): cut it. Only the file this store owns is truncated: another
                 # shard's writer may still be appending.
@@ -268,7 +372,31 @@ class RunStore:
     def refresh(self) -> None:
         """Pick up keys written by other processes (shards) since the last read; only the new bytes are read."""
         with self._lock:
+            if self.shard is not None and self._listed is not None:  # the main store may have listed new files
+                listed = self.manifest.get("files")
+                if isinstance(listed, list):
+                    self._listed = set(listed)
             self._read_new()
+
+    def _line(self, kind: str, rec: dict[str, Any]) -> bytes:
+        """The record as one JSON line that always encodes: surrogates replaced, long strings cut, secrets out."""
+        line = json.dumps(rec, ensure_ascii=False, default=str)
+        if len(line) > self.max_field_chars:
+            cut: list[str] = []
+            capped = _cap_strings(rec, self.max_field_chars, "", cut)
+            if cut:
+                capped["truncated"] = cut
+                line = json.dumps(capped, ensure_ascii=False, default=str)
+        line = scrub_secrets(line, self._secrets)
+        try:
+            data = (line + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate (e.g. from an LM reply): unencodable, so replace it
+            data = (_SURROGATES.sub("\ufffd", line) + "\n").encode()
+        if len(data) > _MAX_RECORD_BYTES:  # many fields under the cap: keep the key and say what happened
+            stub = {"key": rec["key"], "error": f"record of {len(data):,} bytes dropped (limit {_MAX_RECORD_BYTES:,})"}
+            stub.update({k: rec[k] for k in ("accepted", "index", "seed") if k in rec})
+            data = (json.dumps(stub, ensure_ascii=False) + "\n").encode()
+        return data
 
     def append(self, kind: str, record: Mapping[str, Any] | Any, key: str) -> bool:
         """Append one record to `<kind>.jsonl` unless `key` is already in the run. Returns True when written."""
@@ -281,17 +409,19 @@ class RunStore:
                 "the store indexes records by that field. Rename the record's field or pass key=record['key']."
             )
         rec = {"key": key, **body}
-        line = json.dumps(rec, ensure_ascii=False, default=str)
-        line = scrub_secrets(line, self._secrets) + "\n"
+        data = self._line(kind, rec)
         with self._lock:
             if key in self._keys:
                 return False
             fd = self._fds.get(kind)
             if fd is None:
                 name = f"{kind}.{self.shard}.jsonl" if self.shard else f"{kind}.jsonl"
+                if self._listed is not None and self.shard is None and name not in self._listed:
+                    # Listed before its first byte: a resume repairs (truncates) only files the manifest lists.
+                    self._listed.add(name)
+                    self._update_manifest_locked({})
                 fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._fds[kind] = fd
-            data = line.encode()
             size = os.fstat(fd).st_size
             written = os.write(fd, data)
             if written != len(data):
@@ -348,6 +478,9 @@ class RunStore:
         store = cls.__new__(cls)
         store.path = p
         store.shard = None
+        store.max_field_chars = MAX_FIELD_CHARS
+        listed = store.manifest.get("files")
+        store._listed = set(listed) if isinstance(listed, list) else None
         store._lock = threading.Lock()
         store._secrets = _secret_values()
         store._keys = set()

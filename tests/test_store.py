@@ -257,3 +257,112 @@ class TestSecrets:
             "author": "a",
             "auth": "***",
         }
+
+
+class TestOnlyRunFilesAreTouched:
+    """Issue #16 item 3: a folder is a run only if its manifest says so; no user file is read, cut or overwritten."""
+
+    def test_non_empty_folder_without_manifest_is_refused(self, tmp_path):
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "personas.jsonl").write_text('{"persona": "a"}\n{"persona": "b"}')  # no final newline
+        for resume in (False, True):
+            with pytest.raises(RunStoreError, match=r"is not empty \(personas\.jsonl\) and holds no run"):
+                RunStore(out, config={"n": 1}, resume=resume)
+        assert (out / "personas.jsonl").read_text() == '{"persona": "a"}\n{"persona": "b"}'
+        assert sorted(p.name for p in out.iterdir()) == ["personas.jsonl"]
+
+    def test_a_killed_start_leaves_a_folder_that_can_still_be_used(self, tmp_path):
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / ".lock").write_text("")
+        with RunStore(out, config={"n": 1}) as store:
+            assert store.append("accepted", {"x": 1}, "k")
+
+    def test_out_at_a_file_or_unwritable_place_is_one_line(self, tmp_path):
+        f = tmp_path / "file.txt"
+        f.write_text("mine")
+        with pytest.raises(RunStoreError, match=r"file\.txt is a file, not a folder"):
+            RunStore(f)
+        with pytest.raises(RunStoreError, match=r"Cannot create the run directory .*pick a writable --out"):
+            RunStore(f / "sub")
+        assert f.read_text() == "mine"
+
+    def test_resume_repairs_and_reads_only_the_files_the_manifest_lists(self, tmp_path):
+        run = tmp_path / "run"
+        with RunStore(run, config={"n": 1}) as store:
+            store.append("accepted", {"x": 1}, "a1")
+        assert json.loads((run / "manifest.json").read_text())["files"] == ["accepted.jsonl"]
+        # Files dropped into the run folder later: a torn last line, and a file named like a record kind.
+        (run / "notes.jsonl").write_text('{"key": "n1"}\n{"key": "n2"')
+        (run / "rejected.jsonl").write_text('{"key": "user-row", "mine": true}\n')
+        (run / "accepted.jsonl").open("a").write('{"key": "a2", "x"')  # a torn line of the run's own file
+        with RunStore(run, config={"n": 1}, resume=True) as store:
+            assert store.keys() == {"a1"}
+            assert [r["key"] for r in store.records()] == ["a1"]
+        assert (run / "notes.jsonl").read_text() == '{"key": "n1"}\n{"key": "n2"'
+        assert (run / "rejected.jsonl").read_text() == '{"key": "user-row", "mine": true}\n'
+        assert (run / "accepted.jsonl").read_text().endswith("}\n")  # the run's own torn line was cut
+
+    def test_read_only_open_reads_listed_files_only(self, tmp_path):
+        run = tmp_path / "run"
+        with RunStore(run) as store:
+            store.append("accepted", {"x": 1}, "a1")
+        (run / "data.jsonl").write_text('{"key": "d1"}\n')
+        assert RunStore.open_existing(run).keys() == {"a1"}
+
+
+class TestOddText:
+    """Issue #16 item 6: writes never raise on odd text, and stored text is bounded."""
+
+    def test_lone_surrogates_and_nuls_are_kept_as_valid_json(self, tmp_path):
+        run = tmp_path / "run"
+        with RunStore(run) as store:
+            assert store.append("episodes", {"reply": "a\ud800b\x00c", "k\udfff": 1}, "e1")
+            assert store.append("episodes", {"reply": "fine"}, "e2")
+        rows = [json.loads(line) for line in (run / "episodes.jsonl").read_bytes().decode("utf-8").splitlines()]
+        assert rows[0]["reply"] == "a\ufffdb\x00c" and rows[0]["k\ufffd"] == 1
+        assert [r["key"] for r in rows] == ["e1", "e2"]
+
+    def test_long_fields_are_cut_and_named(self, tmp_path):
+        run = tmp_path / "run"
+        with RunStore(run, max_field_chars=100) as store:
+            store.append("accepted", {"t": {"turns": [{"text": "x" * 5000}]}, "short": "y"}, "a1")
+        (rec,) = store.records("accepted")
+        assert rec["truncated"] == ["t.turns[0].text"]
+        assert (
+            rec["t"]["turns"][0]["text"].startswith("x" * 100) and "cut 4900 characters" in rec["t"]["turns"][0]["text"]
+        )
+        assert rec["short"] == "y"
+
+    def test_a_huge_record_keeps_its_key(self, tmp_path, monkeypatch):
+        import refine.store as store_mod
+
+        monkeypatch.setattr(store_mod, "_MAX_RECORD_BYTES", 1000)
+        with RunStore(tmp_path / "run") as store:
+            assert store.append("accepted", {"parts": ["z" * 50] * 100, "accepted": True}, "big")
+        (rec,) = store.records("accepted")
+        assert rec["key"] == "big" and rec["accepted"] is True and "dropped" in rec["error"]
+
+
+class TestKeysGivenInCode:
+    """Issue #16 item 10: a key passed in code or config is scrubbed like an environment key."""
+
+    def test_a_config_key_is_scrubbed_from_records_and_manifest(self, tmp_path):
+        key = "sk-given-in-code-0123456789"
+        run = tmp_path / "run"
+        with RunStore(run, config={"lm": {"api_key": key}}) as store:
+            store.append("rejected", {"error": f"401 Unauthorized: bad key {key}"}, "r1")
+        for p in run.iterdir():
+            if p.is_file():
+                assert key not in p.read_text(), p.name
+
+    def test_register_secret(self, tmp_path):
+        from refine.store import register_secret
+
+        key = "registered-secret-value-42"
+        register_secret(key)
+        assert scrub_secrets(f"echo {key}!") == "echo ***!"
+        with RunStore(tmp_path / "run") as store:
+            store.append("errors", {"error": key}, "e1")
+        assert key not in (tmp_path / "run" / "errors.jsonl").read_text()
