@@ -50,6 +50,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from refine import interrupt
 from refine.errors import ConfigError, LMError, RefineError, RunStoreError
 from refine.imports import import_object
 from refine.store import RunStore
@@ -296,17 +297,26 @@ def _process_item(
     done_kind, error_kind, fields = kinds
     if store.has(key):
         return ItemOutcome(key, "skipped", worker=worker)
+    if interrupt.requested():  # stopping: start nothing new (the item stays pending for --resume)
+        raise interrupt.Interrupted()
     start = time.perf_counter()
     the_lm = lm.get() if isinstance(lm, WorkerLM) else lm  # outside the try: a broken LM stops the run
     try:
         with _lm_context(the_lm):
             emitted = _emits(work(item), key)
     except RefineError as exc:
+        if interrupt.requested():
+            raise interrupt.Interrupted() from exc
         if isinstance(exc, RunStoreError | ConfigError):
             raise  # the run itself is misconfigured or cannot write: stop instead of failing every item
         return _failed(store, key, exc, error_kind, worker, start)
     except Exception as exc:
+        if interrupt.requested():
+            raise interrupt.Interrupted() from exc
         return _failed(store, key, exc, error_kind, worker, start)
+    if interrupt.requested():
+        # Finished while stopping: its LM calls may have been cut short, so nothing of it is written (redone on resume).
+        raise interrupt.Interrupted()
     written: Counter[str] = Counter()
     final = [e for e in emitted if e.key == key]
     info: dict[str, Any] = {}
@@ -357,18 +367,25 @@ def _run_threads(
     it = iter(pairs)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="refine-item") as pool:
         running = set()
-        while True:
-            # A bounded window instead of submitting everything: memory stays flat for 100k-item runs.
-            for key, item in it:
-                ctx = contextvars.copy_context()
-                running.add(pool.submit(ctx.run, _process_item, store, key, item, work, lm, kinds, worker))
-                if len(running) >= threads * 2:
-                    break
-            if not running:
-                return
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                on_outcome(fut.result())
+        try:
+            while True:
+                # A bounded window instead of submitting everything: memory stays flat for 100k-item runs.
+                for key, item in it:
+                    ctx = contextvars.copy_context()
+                    running.add(pool.submit(ctx.run, _process_item, store, key, item, work, lm, kinds, worker))
+                    if len(running) >= threads * 2:
+                        break
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    on_outcome(fut.result())
+        except KeyboardInterrupt:
+            # Ctrl-C / SIGTERM: queued items never start, running ones are abandoned at their next LM call (the
+            # in-process engine stops generating); the pool's exit then waits only for those to return.
+            interrupt.request()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------------------- ray
@@ -613,11 +630,17 @@ def run_items(
         )
         lost = 0
         kinds = _Kinds(done_kind, error_kind, tuple(outcome_fields))
-        if cfg.executor == "local":
-            _run_threads(pending, work, run_store, lm, kinds, cfg.workers, "local", on_outcome)
-        elif pending:
-            lost = _run_ray(pending, work, run_store, lm, kinds, cfg, on_outcome)
-            run_store.refresh()  # the shards' keys, so `has()` and later appends see the workers' records
+        interrupt.clear()
+        try:
+            if cfg.executor == "local":
+                _run_threads(pending, work, run_store, lm, kinds, cfg.workers, "local", on_outcome)
+            elif pending:
+                lost = _run_ray(pending, work, run_store, lm, kinds, cfg, on_outcome)
+                run_store.refresh()  # the shards' keys, so `has()` and later appends see the workers' records
+        except KeyboardInterrupt:
+            interrupt.request()
+            interrupt.settle()  # the in-process engine finishes its cut-short batch; later calls run normally
+            raise
         not_done = sum(1 for k, _ in pairs if not run_store.has(k))
         return RunSummary(
             total=len(pairs),

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "clear", "drain", "handle_signals", "last_signal", "request", "requested"]
+__all__ = ["Interrupted", "clear", "drain", "handle_signals", "last_signal", "request", "requested", "settle"]
 
 _stop = threading.Event()
 _signum: list[int] = []
@@ -61,7 +61,7 @@ def clear() -> None:
 
 
 def _handler(signum: int, frame: Any) -> None:
-    if _stop.is_set() and _signum:
+    if _signum:
         # A second signal: the user insists. Leave at once, skipping interpreter teardown (no native abort either).
         sys.stderr.write("\nStopping now (second signal); unfinished items are redone on --resume.\n")
         sys.stderr.flush()
@@ -85,6 +85,13 @@ def handle_signals() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def settle(timeout: float = 60.0) -> None:
+    """After an interrupted run: wait for the compute thread (`drain`), then lower the stop flag, so LM calls made
+    later in this process (a notebook, the next run) generate normally. The signal number stays for `last_signal`."""
+    drain(timeout)
+    _stop.clear()
 
 
 def drain(timeout: float = 60.0) -> bool:

@@ -466,8 +466,17 @@ class RunStore:
     def __enter__(self) -> RunStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                self.mark_interrupted()
+        finally:
+            self.close()
+
+    def mark_interrupted(self) -> None:
+        """Record in the manifest that the run was stopped by Ctrl-C/SIGTERM (resume it with --resume)."""
+        if self.shard is None and self._lockfile is not None:
+            self.update_manifest(status="interrupted", interrupted_at=_now())
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> RunStore:

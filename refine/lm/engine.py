@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
+from refine import interrupt
 from refine.errors import LMError
 from refine.lm.compute import run_on_compute_thread
 from refine.lm.decoding import RowsProcessor, grammar_for_request
@@ -211,6 +212,19 @@ def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any, *, conf
     return cache
 
 
+@functools.cache
+def _stop_on_interrupt() -> Any:
+    """A transformers stopping criterion that ends every row at the next token once a stop was requested (Ctrl-C)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnInterrupt(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), interrupt.requested(), dtype=torch.bool, device=input_ids.device)
+
+    return StopOnInterrupt()
+
+
 class _Batcher:
     """The queue and worker thread of one (engine, model) pair."""
 
@@ -258,7 +272,8 @@ class _Batcher:
                 try:  # on the compute thread, where the model was loaded (see refine.lm.compute)
                     run_on_compute_thread(self.engine._run_batch, self.loaded, group)
                 except Exception as exc:  # the worker must survive; every caller gets the error
-                    logger.exception("Batched generation failed for %d requests", len(group))
+                    if not interrupt.requested():  # a run that is stopping cuts its batches short on purpose
+                        logger.exception("Batched generation failed for %d requests", len(group))
                     error = exc if isinstance(exc, LMError) else LMError(f"In-process generation failed: {exc}")
                     for job in group:
                         if not job.future.done():
@@ -385,6 +400,8 @@ class LocalEngine:
         Raises:
             LMError: when the request cannot be served (non-text content, tools, invalid grammar, context too long).
         """
+        if interrupt.requested():
+            raise LMError("Interrupted: the run is stopping, so no new LM call is started")
         if request.tools:
             raise LMError(
                 "The in-process engine does no native function calling; use dspy.ReAct or a ChatAdapter without "
@@ -441,7 +458,11 @@ class LocalEngine:
         jobs = sorted(jobs, key=lambda job: len(job.prompt_ids), reverse=True)
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start : start + self.max_batch]
+            if interrupt.requested():  # stopping (Ctrl-C): the callers' items are abandoned, skip the work
+                raise LMError("Interrupted: the run is stopping, so this LM call was cut short")
             results = self._generate(loaded, chunk, torch)
+            if interrupt.requested():  # generation was cut at the next token: the answers are incomplete
+                raise LMError("Interrupted: the run is stopping, so this LM call was cut short")
             for job, response in zip(chunk, results, strict=True):
                 job.future.set_result(response)
 
@@ -597,6 +618,7 @@ class LocalEngine:
                 attention_mask=attention,
                 generation_config=generation,
                 logits_processor=[processor],
+                stopping_criteria=[_stop_on_interrupt()],
                 **extra,
             )
             output = result.sequences
