@@ -1,4 +1,4 @@
-"""build_labels: token-by-token masks on real chat templates (SmolLM2's GGUF template, Llama-3, Mistral)."""
+"""build_labels: token-by-token masks on real chat templates (SmolLM2's GGUF template, every TRL_TEMPLATES family)."""
 
 from __future__ import annotations
 
@@ -159,3 +159,82 @@ def test_render_mask_marks_trained_tokens():
     pairs = render_mask(tok, ex)
     assert "".join(t for t, _ in pairs) == tok.decode(ex["input_ids"])
     assert "".join(t for t, on in pairs if on) == TRAJ[2]["content"] + "<|im_end|>"
+
+
+# ---------------------------------------------------------------------------------------------- every family
+_FAMILY_TOKENS = {  # family -> (bos, eos, special tokens of its template)
+    "smollm2": ("<|im_start|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"]),
+    "qwen2.5": ("<|endoftext|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]),
+    "chatml": ("<|im_start|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"]),
+    "llama3": (
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
+    "mistral": ("<s>", "</s>", ["<s>", "</s>"]),
+    "phi3": ("<s>", "<|endoftext|>", ["<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]),
+    "gemma": ("<bos>", "<eos>", ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]),
+}
+# what each family's end-of-turn token is: the last trained token of every trained assistant turn
+_EOT = {"smollm2": "<|im_end|>", "qwen2.5": "<|im_end|>", "chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+_EOT |= {"mistral": "</s>", "phi3": "<|end|>", "gemma": "<end_of_turn>"}
+
+
+def _family_tokenizer(family):
+    """An offline byte-level BPE tokenizer with the family's special tokens and its own (unmarked) chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from refine.codec import TRL_TEMPLATES
+
+    bos, eos, specials = _FAMILY_TOKENS[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|pad|>", *specials], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([m["content"] for m in TRAJ] * 3, trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token="<|pad|>", additional_special_tokens=specials
+    )
+    marked = TRL_TEMPLATES[family]
+    hf.chat_template = marked.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    return hf, marked
+
+
+class TestEveryTemplateFamily:
+    """build_labels on each family's template (Phi-3 appends <|endoftext|> after the last turn), and TRL's mask
+    (transformers' generation mask over the mask-marked template of `refine export --format trl`) equals it."""
+
+    @pytest.mark.parametrize("family", list(_FAMILY_TOKENS))
+    def test_trained_runs_are_the_trained_turns_and_match_trl(self, family):
+        tok, marked = _family_tokenizer(family)
+        ex = build_labels(tok, TRAJ)
+        eot = _EOT[family]
+        trimmed = family in ("llama3", "gemma")
+        want = [m["content"] + eot for m in TRAJ if m["role"] == "assistant" and m.get("loss") is not False]
+        assert [r.strip() if trimmed else r for r in _runs(tok, ex)] == want
+        enc = tok.apply_chat_template(TRAJ, chat_template=marked, return_assistant_tokens_mask=True, return_dict=True)
+        assert enc["input_ids"] == ex["input_ids"]
+        assert [bool(m) for m in enc["assistant_masks"]] == [lab != IGNORE_INDEX for lab in ex["labels"]]
+
+    def test_phi3_end_of_text_after_the_last_turn_is_not_trained(self):
+        tok, _ = _family_tokenizer("phi3")
+        ex = build_labels(tok, TRAJ)
+        assert tok.decode(ex["input_ids"][-1:]) == "<|endoftext|>" and ex["labels"][-1] == IGNORE_INDEX
+        assert tok.decode(ex["input_ids"][-2:-1]) == "\n" and ex["labels"][-2] == IGNORE_INDEX
+        assert tok.decode(ex["input_ids"][-3:-2]) == "<|end|>" and ex["labels"][-3] != IGNORE_INDEX
+
+    @pytest.mark.parametrize("family", ["gemma", "mistral", "phi3"])
+    def test_a_conversation_opening_with_the_assistant_turn(self, family):
+        # AgentGym-style rows start with an instruction and "Ok.": the masked "Ok." must stay masked
+        tok, _ = _family_tokenizer(family)
+        msgs = [
+            {"role": "user", "content": "Instruction."},
+            {"role": "assistant", "content": "Ok.", "loss": False},
+            {"role": "user", "content": "Observation: a room."},
+            {"role": "assistant", "content": "Thought: go.\nAction: go"},
+        ]
+        runs = _runs(tok, build_labels(tok, msgs))
+        assert runs == ["Thought: go.\nAction: go" + _EOT[family]]

@@ -159,6 +159,15 @@ def build_labels(
     trained = [m.get("role") == "assistant" and m.get("loss", True) is not False for m in messages]
     full = _render(tokenizer, msgs, False, chat_template)
     spans = _trained_spans(tokenizer, msgs, trained, full, chat_template)
+    if spans:
+        # the last turn's span must not take in what the template appends after the conversation (Phi-3's
+        # <|endoftext|>): the closing is what the full render has and a render with one more turn lacks
+        try:
+            longer = _render(tokenizer, [*msgs, {"role": "user", "content": "x"}], False, chat_template)
+        except TrainingError:
+            longer = full
+        body_end = len(_without_closing(tokenizer, full, longer).rstrip())
+        spans = [(a, min(b, body_end)) for a, b in spans if a < body_end]
 
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
