@@ -119,3 +119,127 @@ def test_missing_data_is_one_red_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"Error: training data {tmp_path / 'nope.jsonl'} does not exist; pass a run directory or an exported dataset"
     ]
+
+
+# ------------------------------------------------------------------------- exports -> distill, and TRL itself
+from pathlib import Path  # noqa: E402
+
+from refine.export import FORMATS, export_run  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "published"
+_OUT_NAMES = {"messages": "m.jsonl", "sharegpt": "s.json", "agentgym": "g.json"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from refine.data import RunRecord
+    from refine.store import RunStore
+    from tests.test_export import _traj
+
+    path = tmp_path_factory.mktemp("run") / "run"
+    with RunStore(path, config={"n": 2}) as store:
+        for i in range(2):
+            t = _traj(f"persona {i}", i)
+            store.append("accepted", RunRecord(key=f"k{i}", accepted=True, trajectory=t).to_json(), key=f"k{i}")
+        store.finish(totals={"accepted": 2, "rejected": 0})
+    return path
+
+
+def _distill(source, base, out):
+    return CliRunner().invoke(
+        app, ["distill", str(source), "--base", str(base), "--out", str(out), "--max-steps", "1", "--batch-size", "2"]
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_export_distills_with_its_masks(run_dir, base, tmp_path, fmt):
+    """run dir -> export -> `refine distill` (1 step): the trained-token count equals the run's own."""
+    from transformers import AutoTokenizer
+
+    from refine.distill.data import load_rows
+    from refine.distill.labels import IGNORE_INDEX, build_labels
+
+    out = tmp_path / _OUT_NAMES.get(fmt, fmt)
+    export_run(run_dir, fmt, out)
+    tok = AutoTokenizer.from_pretrained(base)
+
+    def trained(rows):
+        return [sum(lab != IGNORE_INDEX for lab in build_labels(tok, r["messages"])["labels"]) for r in rows]
+
+    source = out  # a file or a folder (trl, llamafactory, hf): each is a source of `refine distill`
+    # the same trained tokens as the run itself (agentgym folds the system text into the first user turn: context)
+    assert trained(load_rows(source)) == trained(load_rows(run_dir))
+    res = _distill(source, base, tmp_path / "student")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "student" / "refine_distill.json").read_text())
+    assert meta["stats"]["examples"] == 2
+    assert meta["stats"]["trained_tokens"] == sum(trained(load_rows(source)))
+
+
+def test_hf_export_distills_without_the_provenance_models_list_crash(run_dir, base, tmp_path):
+    """Regression (#15): `provenance.models` is a list of records in the hf export; `refine distill` called
+    `.items()` on it after training and crashed before the model card. It must train, and the card name the models."""
+    export_run(run_dir, "hf", tmp_path / "hf")
+    res = _distill(tmp_path / "hf", base, tmp_path / "student")
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert '"teacher=fake/t": 2' in card
+
+
+@pytest.mark.parametrize("name", ["agentrefine.json", "agentgym.json", "agentinstruct.json", "agentflan.jsonl"])
+def test_distill_a_published_set_in_one_command(base, tmp_path, name):
+    res = _distill(FIXTURES / name, base, tmp_path / "student")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "student" / "refine_distill.json").read_text())
+    assert meta["stats"]["examples"] >= 1 and meta["stats"]["trained_tokens"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["smollm2", "llama3"])
+def test_trl_sfttrainer_trains_exactly_the_build_labels_tokens(run_dir, tmp_path, family):
+    """The trl export with TRL's own SFTTrainer(assistant_only_loss=True, chat_template_path=...): the labels TRL
+    trains on, token by token, are build_labels' trained tokens; one optimizer step runs."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from refine.distill.labels import build_labels
+    from refine.distill.tiny import make_tiny_model, make_tiny_tokenizer
+
+    if family == "smollm2":
+        from transformers import AutoTokenizer
+
+        from refine.lm.embedded import embedded_model_dir
+
+        tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    else:
+        tok = make_tiny_tokenizer(family)
+    original = tok.chat_template
+    out = tmp_path / "trl"
+    export_run(run_dir, "trl", out, template=family)
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    ours = {tuple(e["input_ids"]): e["labels"] for e in (build_labels(tok, r["messages"]) for r in rows)}
+    args = SFTConfig(
+        output_dir=str(tmp_path / "o"),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        assistant_only_loss=True,
+        chat_template_path=str(out / "chat_template.jinja"),
+        max_length=None,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    ds = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    trainer = SFTTrainer(model=make_tiny_model(tok), args=args, train_dataset=ds, processing_class=tok)
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        ids = batch["input_ids"][0].tolist()
+        assert tuple(ids) in ours, "TRL rendered a row differently from the model's own template"
+        assert batch["labels"][0].tolist() == ours[tuple(ids)]
+        seen += 1
+    assert seen == len(rows) == 2
+    trainer.train()
+    assert trainer.state.global_step == 1
+    tok.chat_template = original
