@@ -243,3 +243,51 @@ def test_trl_sfttrainer_trains_exactly_the_build_labels_tokens(run_dir, tmp_path
     trainer.train()
     assert trainer.state.global_step == 1
     tok.chat_template = original
+
+
+def test_truncation_is_never_silent(base, tmp_path):
+    """--max-length below every trajectory: each one whose trained turns would be cut is kept whole (max_length
+    raised), and the console and the model card say how many and why."""
+    from transformers import AutoTokenizer
+
+    from refine.distill.labels import build_labels
+
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"id": f"r{i}", "messages": MSGS}) + "\n" for i in range(3)))
+    n = len(build_labels(AutoTokenizer.from_pretrained(base), MSGS)["input_ids"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            str(p),
+            "--base",
+            str(base),
+            "--out",
+            str(tmp_path / "s"),
+            "--max-steps",
+            "1",
+            "--max-length",
+            "20",
+        ],
+        env={"COLUMNS": "300"},
+    )
+    assert res.exit_code == 0, res.output
+    line = f"3 of 3 trajectories longer than max_length 20: 3 kept whole (max_length raised to {n}: a trained turn"
+    assert line in " ".join(res.output.split())
+    assert line in (tmp_path / "s" / "README.md").read_text()
+    stats = json.loads((tmp_path / "s" / "refine_distill.json").read_text())["stats"]
+    assert (stats["examples"], stats["kept_whole_over_max_length"], stats["max_length"]) == (3, 3, n)
+
+
+def test_a_trajectory_longer_than_the_model_is_refused_with_the_reason(base):
+    from transformers import AutoTokenizer
+
+    from refine.distill.trainer import tokenize_rows
+
+    tok = AutoTokenizer.from_pretrained(base)
+    rows = [{"id": "short", "messages": MSGS}, {"id": "long", "messages": [*MSGS, *MSGS[1:]]}]
+    n_short = len(tokenize_rows(tok, rows[:1], 10_000)[0][0]["input_ids"])
+    examples, stats = tokenize_rows(tok, rows, 10, cap=n_short)
+    assert len(examples) == 1 and stats["kept_whole_over_max_length"] == 1
+    assert stats["refused_too_long"] == [{"id": "long", "reason": stats["refused_too_long"][0]["reason"]}]
+    assert stats["refused_too_long"][0]["reason"].endswith(f"past the cap of {n_short} (the model's context length)")

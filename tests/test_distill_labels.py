@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from refine.distill.labels import IGNORE_INDEX, build_labels, render_mask
+from refine.distill.labels import IGNORE_INDEX, build_labels, fit_length, render_mask
 from refine.distill.tiny import make_tiny_tokenizer
 from refine.errors import TrainingError
 
@@ -238,3 +238,23 @@ class TestEveryTemplateFamily:
         ]
         runs = _runs(tok, build_labels(tok, msgs))
         assert runs == ["Thought: go.\nAction: go" + _EOT[family]]
+
+
+_EX = {"input_ids": list(range(10)), "labels": [IGNORE_INDEX] * 3 + [3, 4] + [IGNORE_INDEX] * 5}
+
+
+class TestFitLength:
+    EX = _EX
+
+    def test_fits(self):
+        assert fit_length(self.EX, 10, None) == (self.EX, "fits")
+
+    def test_only_masked_tokens_are_cut(self):
+        ex, status = fit_length(self.EX, 6, None)
+        assert status == "truncated" and ex["input_ids"] == list(range(6)) and ex["labels"][3:5] == [3, 4]
+
+    def test_a_trained_token_past_max_length_keeps_the_example_whole_up_to_the_cap(self):
+        assert fit_length(self.EX, 4, 10) == (self.EX, "kept_whole")
+
+    def test_past_the_cap_it_is_refused_with_the_reason(self):
+        assert fit_length(self.EX, 4, 8) == (None, "10 tokens, past the cap of 8 (the model's context length)")

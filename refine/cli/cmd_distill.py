@@ -44,7 +44,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("distill")
     def distill_cmd(
-        data: str = typer.Argument(..., help="Run directory, messages JSONL, ShareGPT JSON or datasets folder."),
+        data: str = typer.Argument(
+            ...,
+            help="Run directory, any `refine export` output, a published set (AgentRefine, AgentGym, AgentInstruct, "
+            "Agent-FLAN: file or folder) or hf:owner/name.",
+        ),
         out: str | None = typer.Option(None, "--out", "-o", help="Output folder of the student checkpoint."),
         base: str | None = typer.Option(
             None, "--base", help="Base model folder (default: the embedded SmolLM2-135M-Instruct)."
@@ -56,7 +60,12 @@ def register(app: typer.Typer) -> None:
         lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 2e-5 full, 2e-4 LoRA)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Trajectories per device per micro-batch."),
         grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-        max_length: int = typer.Option(2048, "--max-length", help="Tokens kept per trajectory."),
+        max_length: int = typer.Option(
+            2048,
+            "--max-length",
+            help="Tokens per trajectory; one whose trained turns would be cut is kept whole (up to the model's "
+            "context length) or refused, and the console says how many.",
+        ),
         ablation: str = typer.Option("masked", "--ablation", help="masked | trained | no-refine."),
         padding_free: str = typer.Option("auto", "--padding-free", help="auto (on with CUDA) | on | off."),
         packing: bool = typer.Option(
@@ -124,6 +133,9 @@ def register(app: typer.Typer) -> None:
             if result.losses
             else f"[bold green]student[/] {result.out}  steps {result.steps}"
         )
+        from refine.distill.report import length_summary
+
+        console.print(f"length: {length_summary(result.stats)}")
         console.print(f"load it with refine.lm.get_lm({result.model_string!r})")
 
 

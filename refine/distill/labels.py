@@ -21,7 +21,7 @@ from typing import Any
 
 from refine.errors import TrainingError
 
-__all__ = ["IGNORE_INDEX", "LabeledExample", "build_labels", "render_mask"]
+__all__ = ["IGNORE_INDEX", "LabeledExample", "build_labels", "fit_length", "render_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +197,21 @@ def render_mask(tokenizer: Any, example: Mapping[str, Sequence[int]]) -> list[tu
         (tokenizer.decode([i]), lab != IGNORE_INDEX)
         for i, lab in zip(example["input_ids"], example["labels"], strict=True)
     ]
+
+
+def fit_length(example: LabeledExample, max_length: int, cap: int | None) -> tuple[LabeledExample | None, str]:
+    """Fit one labelled example to ``max_length`` without ever cutting a trained token silently.
+
+    Returns ``(example, status)``: ``"fits"``; ``"truncated"`` (only masked tokens after the last trained one were
+    cut); ``"kept_whole"`` (a trained token lies past ``max_length`` and the whole example is within ``cap``: the
+    caller raises its max length to fit); or ``(None, reason)`` when it is longer than ``cap``.
+    """
+    n = len(example["input_ids"])
+    if n <= max_length:
+        return example, "fits"
+    last = max((i for i, lab in enumerate(example["labels"]) if lab != IGNORE_INDEX), default=-1)
+    if last < max_length:
+        return {k: list(v[:max_length]) for k, v in example.items()}, "truncated"
+    if cap is not None and n <= cap:
+        return example, "kept_whole"
+    return None, f"{n} tokens, past the cap of {cap} (the model's context length)"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["data_provenance", "write_loss_curve", "write_model_card"]
+__all__ = ["data_provenance", "length_summary", "write_loss_curve", "write_model_card"]
 
 
 def data_provenance(rows: Sequence[Mapping[str, Any]], source: str) -> dict[str, Any]:
@@ -44,6 +44,33 @@ def data_provenance(rows: Sequence[Mapping[str, Any]], source: str) -> dict[str,
         "personas": len(personas),
         "row_ids_sample": [r.get("id") for r in rows[:5]],
     }
+
+
+def length_summary(stats: Mapping[str, Any]) -> str:
+    """One line: how many trajectories were longer than the max length, and what happened to each (never silent)."""
+    requested = stats.get("max_length_requested")
+    refused = list(stats.get("refused_too_long") or [])
+    kept, cut = int(stats.get("kept_whole_over_max_length") or 0), int(stats.get("truncated") or 0)
+    dropped = int(stats.get("dropped_no_trained_tokens") or 0)
+    total = int(stats.get("examples") or 0) + len(refused) + dropped
+    over = kept + cut + len(refused)
+    if requested is None:
+        return "not recorded"
+    line = f"{over} of {total} trajectories longer than max_length {requested}"
+    if over:
+        parts = []
+        if kept:
+            parts.append(
+                f"{kept} kept whole (max_length raised to {stats.get('max_length')}: a trained turn would be cut)"
+            )
+        if cut:
+            parts.append(f"{cut} truncated in masked tokens only")
+        if refused:
+            parts.append(f"{len(refused)} refused ({refused[0]['reason']})")
+        line += ": " + ", ".join(parts)
+    if dropped:
+        line += f"; {dropped} dropped (no trained token: every assistant turn has loss false)"
+    return line
 
 
 def write_loss_curve(log_history: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -105,6 +132,9 @@ environment feedback. Ablation **{config.get("ablation")}**: {_ABLATION_TEXT.get
 ```json
 {json.dumps(dict(provenance), indent=2, default=str)}
 ```
+
+## Length and truncation
+{length_summary(stats)}
 
 ## Token statistics
 ```json

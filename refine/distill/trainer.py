@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from refine.distill.config import DistillConfig
-from refine.distill.labels import IGNORE_INDEX, build_labels
+from refine.distill.labels import IGNORE_INDEX, build_labels, fit_length
 from refine.errors import TrainingError
 
 __all__ = [
@@ -74,16 +74,19 @@ def resolve_base(base: str | None) -> str:
 
 
 def tokenize_rows(
-    tokenizer: Any, rows: Iterable[Mapping[str, Any]], max_length: int
+    tokenizer: Any, rows: Iterable[Mapping[str, Any]], max_length: int, cap: int | None = None
 ) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
-    """`build_labels` over rows; drops rows left with no trained token and returns token statistics."""
-    examples, dropped = [], []
-    tokens = trained = truncated = 0
+    """`build_labels` over rows, fitted to ``max_length`` by `fit_length` (a trained token is never cut: such a
+    row is kept whole up to ``cap`` tokens, or refused); drops rows with no trained token; returns the statistics."""
+    examples, dropped, refused = [], [], []
+    tokens = trained = truncated = kept_whole = 0
     for r in rows:
-        ex = build_labels(tokenizer, r["messages"])
-        if len(ex["input_ids"]) > max_length:
-            truncated += 1
-            ex = {"input_ids": ex["input_ids"][:max_length], "labels": ex["labels"][:max_length]}
+        ex, status = fit_length(build_labels(tokenizer, r["messages"]), max_length, cap)
+        if ex is None:
+            refused.append({"id": r.get("id"), "reason": status})
+            continue
+        truncated += status == "truncated"
+        kept_whole += status == "kept_whole"
         n_trained = sum(1 for lab in ex["labels"] if lab != IGNORE_INDEX)
         if n_trained == 0:
             dropped.append(r.get("id"))
@@ -95,14 +98,18 @@ def tokenize_rows(
         "examples": len(examples),
         "dropped_no_trained_tokens": len(dropped),
         "truncated": truncated,
+        "kept_whole_over_max_length": kept_whole,
+        "refused_too_long": refused,
+        "max_length_requested": max_length,
+        "max_length": max([max_length, *(len(e["input_ids"]) for e in examples)]),
         "tokens": tokens,
         "trained_tokens": trained,
         "masked_fraction": round(1 - trained / tokens, 4) if tokens else None,
     }
     if not examples:
         raise TrainingError(
-            "no training row has a trained token (every assistant turn has loss=false or was cut by max_length); "
-            "check the data or raise max_length"
+            "no training row has a trained token (every assistant turn has loss=false, or every row is longer "
+            f"than the model's context: {refused[:2]}); check the data"
         )
     return examples, stats
 
@@ -303,7 +310,10 @@ def distill(
     padding_free = cuda if config.padding_free == "auto" else bool(config.padding_free)
     padding_free = padding_free or config.packing
     model, tok = load_base(base, bf16=bf16, padding_free=padding_free)
-    examples, stats = tokenize_rows(tok, rows, config.max_length)
+    cap = getattr(model.config, "max_position_embeddings", None)
+    examples, stats = tokenize_rows(tok, rows, config.max_length, cap=cap)
+    if stats["max_length"] > config.max_length:  # rows kept whole: TRL must not cut them again
+        config = config.model_copy(update={"max_length": stats["max_length"]})
     config.out.mkdir(parents=True, exist_ok=True)
     logger.info("distilling %d examples (%d tokens) into %s", stats["examples"], stats["tokens"], config.out)
     trainer = make_trainer(model, tok, examples, config, padding_free=padding_free, bf16=bf16, progress=progress)
