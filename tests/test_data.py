@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn, Verdict, content_id
+from refine.data import ActionSpec, Provenance, RunRecord, Script, Trajectory, Turn, Verdict, content_id
 
 text = st.text(max_size=30)
 ident = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
@@ -213,3 +213,24 @@ class TestProvenance:
         p = Provenance(usage={"m1": {"prompt_tokens": 3, "completion_tokens": 4, "calls": 1}, "m2": {"calls": 2}})
         assert p.total_tokens() == 7
         assert p.created_at.endswith("+00:00")
+
+
+class TestRunRecord:
+    def _traj(self):
+        return Trajectory(
+            script=Script(environment="A room.", tasks=["leave"], actions=[]),
+            turns=[Turn(role="player", thought="t", action="go door"), Turn(role="dm", observation="Out.")],
+            verdict=Verdict(ok=True, checks=3),
+        )
+
+    def test_json_round_trip_keeps_writer_fields(self):
+        rec = RunRecord(key="k1", accepted=True, trajectory=self._traj(), usage={"m": {"calls": 2}}, index=3, env="x")
+        back = RunRecord.model_validate_json(rec.model_dump_json())
+        assert back == rec and back.to_json()["index"] == 3 and back.to_json()["env"] == "x"
+        assert back.verdict is not None and back.verdict.ok and back.attempts == [] and back.error is None
+
+    def test_a_bare_trajectory_is_not_a_record(self):
+        with pytest.raises(pydantic.ValidationError, match="key"):
+            RunRecord.model_validate(self._traj().model_dump(mode="json"))
+        with pytest.raises(pydantic.ValidationError, match="trajectory"):
+            RunRecord.model_validate({"key": "k", "accepted": True})
