@@ -46,6 +46,7 @@ __all__ = [
     "SUITES",
     "EvalConfig",
     "EvalResult",
+    "check_config",
     "compare",
     "episode_specs",
     "evaluate",
@@ -499,12 +500,36 @@ class _EnvPool:
                     logger.debug("closing %s failed: %s", getattr(env, "name", env), exc)
 
 
-def _default_factory(config: EvalConfig) -> Callable[[str, bool], Any]:
+def _env_options(config: EvalConfig, name: str, agent: Any = None) -> dict[str, Any]:
+    """Constructor options of env `name`: the step bound, the suite's annotations, the agent's needs, the user's."""
+    opts: dict[str, Any] = {"max_steps": config.max_steps}
+    if config.suite == "agentboard" and config.annotations and name != "toy":
+        opts["annotations"] = config.annotations
+    opts.update((getattr(agent, "env_options", None) or {}).get(name, {}))  # e.g. the expert needs gold paths
+    opts.update(config.env_options.get(name, {}))
+    return opts
+
+
+def check_config(config: EvalConfig, agent: Any = None) -> None:
+    """Validate every environment name and option of `config` before anything is played (ConfigError, one line)."""
+    from refine.envs import check_env
+    from refine.errors import EnvError
+
+    unknown = set(config.env_options) - set(config.envs)
+    if unknown:
+        raise ConfigError(f"Options given for environments that are not evaluated: {sorted(unknown)}; see --envs.")
+    for name in config.envs:
+        try:
+            check_env(name, config.suite, _env_options(config, name, agent))
+        except EnvError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _default_factory(config: EvalConfig, agent: Any = None) -> Callable[[str, bool], Any]:
     from refine.envs import make_env
 
     def factory(name: str, perturbed: bool) -> Any:
-        opts = {"max_steps": config.max_steps, **config.env_options.get(name, {})}
-        return make_env(name, perturb=perturbed, **opts)
+        return make_env(name, perturb=perturbed, suite=config.suite, **_env_options(config, name, agent))
 
     return factory
 
@@ -537,7 +562,7 @@ class _EpisodeWork:
         with self._lock:
             if self._pool is None:
                 self._agent = self.agent_factory()
-                self._pool = _EnvPool(self.env_factory or _default_factory(self.config))
+                self._pool = _EnvPool(self.env_factory or _default_factory(self.config, self._agent))
         env = self._pool.acquire(spec["env"], spec["variant"])
         try:
             rec = run_episode(self._agent, env, spec, self.config.max_steps)
@@ -619,6 +644,8 @@ def evaluate(
     unknown = set(config.held_in) - set(config.envs)
     if unknown:
         raise ConfigError(f"--held-in names environments that are not evaluated: {sorted(unknown)}; see --envs.")
+    if env_factory is None:
+        check_config(config, agent if hasattr(agent, "start_with_env") else None)
     from refine.executor import ExecutorConfig
 
     ex_cfg = ExecutorConfig.from_options(executor, workers=config.workers, ray_address=ray_address)
@@ -637,7 +664,7 @@ def evaluate(
         store = RunStore(out, config=config.model_dump(), resume=resume)
     specs = episode_specs(config)
     todo = [s for s in specs if store is None or not store.has(s["key"])]
-    pool = _EnvPool(env_factory or _default_factory(config))
+    pool = _EnvPool(env_factory or _default_factory(config, agent))
     held = set(config.held_in)
     records: list[dict[str, Any]] = []
     lock = threading.Lock()

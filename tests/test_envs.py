@@ -32,7 +32,9 @@ class TestRegistry:
         assert set(ENVIRONMENTS) == {"babyai", "scienceworld", "pddl", "textworld", "toy"}
 
     def test_unknown_env_names_the_choices(self):
-        with pytest.raises(EnvError, match=r"Unknown environment 'alfworld'\. Available: babyai, scienceworld"):
+        with pytest.raises(
+            EnvError, match=r"Unknown environment 'alfworld' in the refine suite\. Available: babyai, scienceworld"
+        ):
             make_env("alfworld")
 
     def test_bad_option(self):

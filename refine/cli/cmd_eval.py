@@ -11,7 +11,12 @@ from refine.executor import ExecutorOption, RayAddressOption
 
 AGENT_HELP = (
     "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', a LiteLLM string), 'chat' or "
-    "'program' (DSPy PlayerAct agent) with --lm, 'program:<saved.json>', or 'package.module:factory'."
+    "'program' (DSPy PlayerAct agent) with --lm, 'program:<saved.json>', 'package.module:factory', or a reference "
+    "agent: 'expert' (each env's own solver, the upper bound) or 'random' (a random valid action, the lower bound)."
+)
+SUITE_HELP = (
+    "'refine' (this project's environments, the default) or 'agentboard' (AgentBoard's action spaces, level lists, "
+    "subgoal progress and success rules where they can be reproduced offline; envs babyai, scienceworld, pddl)."
 )
 
 
@@ -19,10 +24,22 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _with_ci(m: dict, metric: str) -> str:
+    ci = m.get(f"{metric}_ci")
+    rate = 100 * m[f"{metric}_rate"]
+    return f"{rate:.0f} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else f"{rate:.1f}"
+
+
 def eval_cmd(
     agent: Annotated[str, typer.Option("--agent", "-a", help=AGENT_HELP)] = "embedded",
     lm: Annotated[str | None, typer.Option(help="LM for --agent chat/program (default: embedded).")] = None,
-    envs: Annotated[str, typer.Option(help="Comma-separated environments.")] = "babyai,scienceworld,pddl,textworld",
+    envs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated environments (default: babyai,scienceworld,pddl,textworld; agentboard: "
+            "babyai,scienceworld,pddl)."
+        ),
+    ] = None,
     episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="Episodes per environment.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Episode i uses seed + i (same tasks for every agent).")] = 0,
     out: Annotated[
@@ -38,16 +55,39 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
+    suite: Annotated[str, typer.Option(help=SUITE_HELP)] = "refine",
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --suite agentboard: AgentBoard's data folder; DIR/<task>/test.jsonl subgoals are "
+            "used verbatim (else subgoals are derived, and the summary says so)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an agent on held-out text environments (success, progress, invalid and stuck rates, tokens)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from refine.eval import EvalConfig, episode_specs, evaluate
+    from refine.envs.reference import REFERENCE_AGENTS, reference_agent
+    from refine.errors import ConfigError
+    from refine.eval import SUITES, EvalConfig, check_config, episode_specs, evaluate
     from refine.programs.agent import resolve_agent
 
+    suite = suite.strip().lower()
+    if suite not in SUITES:
+        raise ConfigError(f"Unknown --suite {suite!r}; use one of: {', '.join(SUITES)}.")
+    if annotations is not None and suite != "agentboard":
+        raise ConfigError("--annotations holds AgentBoard's subgoals; use it with --suite agentboard.")
+    if annotations is not None and not annotations.is_dir():
+        raise ConfigError(f"--annotations {annotations} is not a folder; pass AgentBoard's data folder (DIR/<task>/).")
+    if envs is None:
+        envs = "babyai,scienceworld,pddl" if suite == "agentboard" else "babyai,scienceworld,pddl,textworld"
+    reference = agent in REFERENCE_AGENTS
     config = EvalConfig(
+        suite=suite,
+        annotations=str(annotations) if annotations else None,
+        decoding={} if reference else {"temperature": temperature, "max_tokens": max_tokens},
         envs=_split(envs),
         episodes=episodes,
         seed=seed,
@@ -56,9 +96,16 @@ def eval_cmd(
         perturb=perturb,
         held_in=_split(held_in),
         agent=agent,
-        model=lm or agent,
+        model=agent if reference else (lm or agent),
     )
-    if executor == "ray":  # each Ray worker builds the agent (and its LM) itself
+    check_config(config, reference_agent(agent) if reference else None)  # before any LM or environment starts
+    if reference and executor == "ray":
+        import functools
+
+        the_agent = functools.partial(reference_agent, agent)
+    elif reference:
+        the_agent = reference_agent(agent)
+    elif executor == "ray":  # each Ray worker builds the agent (and its LM) itself
         import functools
 
         the_agent = functools.partial(resolve_agent, agent, lm, max_tokens=max_tokens, temperature=temperature)
@@ -85,7 +132,11 @@ def eval_cmd(
             the_agent, config, out, resume=resume, on_episode=on_episode, executor=executor, ray_address=ray_address
         )
     summary = result.summary
-    table = Table(title=f"refine eval: {config.model}" + (f" -> {out}" if out else ""))
+    table = Table(
+        title=f"refine eval ({config.suite} suite, {config.max_steps} steps): {config.model}"
+        + (f" -> {out}" if out else ""),
+        caption="succ% and prog% with their 95% interval",
+    )
     # Short headers: the table must stay readable in an 80-column terminal.
     for col in ("env", "split", "actions", "n", "succ%", "prog%", "inv%", "stuck%", "steps", "tokens"):
         table.add_column(col, justify="left" if col in ("env", "split", "actions") else "right", no_wrap=True)
@@ -101,8 +152,8 @@ def eval_cmd(
                 split,
                 "reworded" if variant == "perturbed" else "original",
                 str(m["episodes"]),
-                f"{100 * m['success_rate']:.1f}",
-                f"{100 * m['progress_rate']:.1f}",
+                _with_ci(m, "success"),
+                _with_ci(m, "progress"),
                 f"{100 * m['invalid_rate']:.1f}",
                 f"{100 * m['stuck_rate']:.1f}",
                 f"{m['mean_steps']:.1f}",
@@ -115,6 +166,8 @@ def eval_cmd(
             f"Robustness drop (original - reworded): success {100 * drop['success_rate']:+.1f} pts, "
             f"progress {100 * drop['progress_rate']:+.1f} pts"
         )
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
     errors = summary["overall"]["base"].get("errors", 0)
     if errors:
         console.print(f"[yellow]{errors} episode(s) ended with an error; see 'error' in episodes.jsonl[/]")

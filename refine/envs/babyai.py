@@ -108,6 +108,21 @@ class BabyAIEnv:
         self._done = False
         self.task = ""
         self.expert_plan: list[str] = []
+        self._expert_queue: list[str] | None = None  # the rest of the expert's plan while the agent follows it
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Validate `split` and level names (against gymnasium's registry) without building a level."""
+        if options.get("split", "test") not in _SPLIT_OFFSET:
+            raise EnvError(f"BabyAI split must be 'train', 'dev' or 'test', not {options['split']!r}.")
+        tasks = options.get("tasks")
+        if tasks is None:
+            return
+        gym = require("gymnasium", "babyai", "minigrid")
+        require("minigrid", "babyai")
+        for t in [tasks] if isinstance(tasks, str) else tasks:
+            if not isinstance(t, str) or cls.gym_id(t) not in gym.envs.registry:
+                raise EnvError(f"Unknown BabyAI level {t!r}. Use a level name such as {', '.join(DEFAULT_TASKS[:3])}.")
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -202,14 +217,22 @@ class BabyAIEnv:
         return subgoals, plan
 
     def expert_action(self) -> str | None:
-        """The expert bot's next action from the current state (planned on a copy), or None when over."""
+        """The expert bot's next action from the current state, or None when over.
+
+        One bot plans the whole rest of the episode on a copy of the level (at reset, and again only after the agent
+        took a valid action off that plan); following its plan never builds a new bot. A fresh `BabyAIBot` per step
+        loses its plan and map and oscillates (PutNextLocal, UnlockLocal looped in 16 of 20 test episodes).
+        """
         if self._env is None or self._done:
             return None
-        from minigrid.utils.baby_ai_bot import BabyAIBot
+        if self._expert_queue is None:
+            _, plan = self._solve()
+            self._expert_queue = list(plan)
+        return self._expert_queue[0] if self._expert_queue else None
 
-        sim = copy.deepcopy(self._u())
-        action = BabyAIBot(sim).replan()
-        return None if action == sim.actions.done else _NAMES[int(action)]
+    def valid_actions(self) -> list[str]:
+        """The actions a random reference agent draws from (all six primitive actions are always accepted)."""
+        return list(ACTIONS)
 
     def _reached_subgoal(self, goal: tuple[Any, ...]) -> bool:
         u = self._u()
@@ -244,6 +267,7 @@ class BabyAIEnv:
         obs, _ = self._env.reset(seed=(seed or 0) + _SPLIT_OFFSET[self.split])
         self._steps, self._reached, self._done = 0, set(), False
         self._subgoals, self.expert_plan = self._solve()
+        self._expert_queue = list(self.expert_plan)
         mission = str(obs["mission"])
         return EnvObservation(
             observation=self.describe(),
@@ -311,6 +335,11 @@ class BabyAIEnv:
                 feedback = f"You pick up the {u.carrying.color} {u.carrying.type}."
             elif a == "drop":
                 feedback = f"You drop the {before_carry.color} {before_carry.type}."
+        if not invalid and self._expert_queue is not None:  # an invalid action leaves the state as it was
+            if self._expert_queue and self._expert_queue[0] == a:
+                self._expert_queue.pop(0)
+            else:  # a valid action off the plan changed the state: plan again when asked
+                self._expert_queue = None
         progress = self._progress(success)
         self._done = bool(terminated) or self._steps >= self.max_steps
         obs = " ".join(p for p in (feedback, self.describe()) if p)

@@ -102,6 +102,10 @@ class ToyEnv:
         """The next subgoal action, or None once the room is left."""
         return self.SUBGOALS[len(self._done)] if len(self._done) < len(self.SUBGOALS) else None
 
+    def valid_actions(self) -> list[str]:
+        """Every listed action is accepted as text (the wrong ones are refused with feedback)."""
+        return self.actions
+
     def _progress(self) -> float:
         return len(self._done) / len(self.SUBGOALS)
 

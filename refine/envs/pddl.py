@@ -89,6 +89,30 @@ class PDDLEnv:
         self.task = ""
         self.problem = -1
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Validate `split` and domain names against the domain files pddlgym ships, without importing it."""
+        import importlib.util
+        from pathlib import Path
+
+        split = options.get("split", "test")
+        if split not in ("train", "test"):
+            raise EnvError(f"PDDL split must be 'train' or 'test', not {split!r}.")
+        tasks = options.get("tasks")
+        spec = importlib.util.find_spec("pddlgym")
+        if tasks is None or spec is None or not spec.submodule_search_locations:
+            return
+        root = Path(next(iter(spec.submodule_search_locations))) / "pddl"
+        for t in [tasks] if isinstance(tasks, str) else tasks:
+            if not isinstance(t, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", t):
+                raise EnvError(f"Bad PDDL domain name {t!r}; use one of pddlgym's domains, e.g. blocks, gripper.")
+            if t.startswith("PDDLEnv"):
+                continue
+            name = t.lower().replace("-", "_")
+            if not (root / f"{name}.pddl").exists():
+                shipped = sorted(p.stem for p in root.glob("*.pddl"))[:12]
+                raise EnvError(f"Unknown PDDL domain {t!r}; pddlgym ships e.g. {', '.join(shipped)}.")
+
     # ------------------------------------------------------------------ helpers
     def gym_id(self, task: str) -> str:
         if task.startswith("PDDLEnv"):
@@ -203,6 +227,13 @@ class PDDLEnv:
                 return None
         remaining = self._expert_cache.get(key) or []
         return remaining[0] if remaining else None
+
+    def valid_actions(self) -> list[str]:
+        """The ground actions whose preconditions hold in the current state, as text."""
+        if self._state is None:
+            return []
+        lits = [lit for lit in self._all_actions(self._state) if self._u._action_valid_test(self._state, lit)]
+        return sorted(self.action_text(lit) for lit in lits)
 
     def _cache_plan(self, plan: list[str]) -> None:
         from pddlgym.core import get_successor_state

@@ -155,6 +155,28 @@ class ScienceWorldEnv:
         self.task = ""
         self.variation = -1
         self.gold_path: list[str] = []
+        self._gold_next: int | None = None  # index of the next gold action while the agent follows the gold path
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Validate `split` and task names (from the wheel's tasks.json) without starting the JVM."""
+        import importlib.util
+        import json
+        from pathlib import Path
+
+        if options.get("split", "test") not in ("train", "dev", "test"):
+            raise EnvError(f"ScienceWorld split must be 'train', 'dev' or 'test', not {options['split']!r}.")
+        tasks = options.get("tasks")
+        spec = importlib.util.find_spec("scienceworld")
+        if tasks is None or spec is None or not spec.submodule_search_locations:
+            return
+        path = Path(next(iter(spec.submodule_search_locations))) / "tasks.json"
+        if not path.exists():
+            return
+        names = {t["task_name"] for t in json.loads(path.read_text())}
+        for t in [tasks] if isinstance(tasks, str) else tasks:
+            if t not in names:
+                raise EnvError(f"Unknown ScienceWorld task {t!r}; choose one of: {', '.join(sorted(names))}.")
 
     def variations(self, task: str, split: Split | None = None) -> list[int]:
         """Variation numbers of `task` in a split (train, dev and test are disjoint)."""
@@ -185,6 +207,7 @@ class ScienceWorldEnv:
         self.task, self.variation = task, variation
         gold = self._env.get_gold_action_sequence() if self.gold else []
         self.gold_path = list(gold) if isinstance(gold, list | tuple) else []
+        self._gold_next: int | None = 0 if self.gold else None
         self._steps, self._done = 0, False
         self._best = max(0.0, float(info.get("score", 0))) / 100.0
         instruction = self._env.get_task_description().strip()
@@ -215,6 +238,7 @@ class ScienceWorldEnv:
             score = info.get("score")
         obs = (obs or "").strip()
         invalid = obs == _NO_MATCH or score is None or obs.startswith("Resetting")
+        self._follow_gold(a, invalid)
         if score is not None:
             self._best = max(self._best, max(0.0, float(score)) / 100.0)
         success = bool(score is not None and score >= 100)
@@ -230,6 +254,27 @@ class ScienceWorldEnv:
             available_actions=None,  # ScienceWorld's valid list runs to hundreds; templates suffice
             info={"score": score, "steps": self._steps},
         )
+
+    def _follow_gold(self, action: str, invalid: bool) -> None:
+        if self._gold_next is None or invalid:
+            return
+        if self._gold_next < len(self.gold_path) and normalize_action(self.gold_path[self._gold_next]) == action:
+            self._gold_next += 1
+        else:  # off the gold path: ScienceWorld cannot plan again from here
+            self._gold_next = None
+
+    def expert_action(self) -> str | None:
+        """The next action of the task's gold path while the agent has followed it (needs `gold=True`), else None."""
+        if self._done or self._gold_next is None or self._gold_next >= len(self.gold_path):
+            return None
+        return self.gold_path[self._gold_next]
+
+    def valid_actions(self) -> list[str]:
+        """ScienceWorld's valid action-object combinations in the current state (often hundreds)."""
+        try:
+            return sorted(set(self._env.get_valid_action_object_combinations()))
+        except Exception:  # py4j errors have many types; no list means the random agent has nothing to draw
+            return []
 
     def close(self) -> None:
         try:

@@ -24,7 +24,7 @@ from refine.envs._common import normalize_action, require
 from refine.envs.base import DEFAULT_MAX_STEPS, EnvObservation, EnvStep
 from refine.errors import EnvError
 
-__all__ = ["DEFAULT_TASKS", "TextWorldEnv", "clear_cache", "game_cache_dir", "make_game_file"]
+__all__ = ["DEFAULT_TASKS", "TextWorldEnv", "check_task", "clear_cache", "game_cache_dir", "make_game_file"]
 
 Split = Literal["train", "dev", "test"]
 
@@ -72,6 +72,10 @@ def make_game_file(task: str, seed: int, split: Split = "test", cache_dir: Path 
     Generation is deterministic in (task, split, seed); files are written to a temporary folder and moved into
     place, so concurrent workers never read a half-written game.
     """
+    check_task(task)  # before the name goes into a path
+    if split not in ("train", "dev", "test"):
+        raise EnvError(f"TextWorld split must be 'train', 'dev' or 'test', not {split!r}.")
+    seed = int(seed)
     tw = require("textworld", "textworld")
     cache = cache_dir or game_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,13 @@ def make_game_file(task: str, seed: int, split: Split = "test", cache_dir: Path 
     return target
 
 
+def check_task(task: object) -> str:
+    """`task` if it is one of the game families, else an EnvError naming them (nothing is built from a bad name)."""
+    if not isinstance(task, str) or task not in DEFAULT_TASKS:
+        raise EnvError(f"Unknown TextWorld task {task!r}; choose one of: {', '.join(DEFAULT_TASKS)}.")
+    return task
+
+
 def _clean(feedback: str) -> str:
     text = _STATUS.sub("", feedback or "")
     lines = [ln for ln in text.splitlines() if "$$" not in ln and not re.fullmatch(r"\s*[_|/\\ ]{6,}\s*", ln)]
@@ -147,7 +158,11 @@ class TextWorldEnv:
             raise EnvError(f"TextWorld split must be 'train', 'dev' or 'test', not {split!r}.")
         self.max_steps = max_steps
         self.split: Split = split
-        self.tasks = tuple(tasks)
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        self.tasks = tuple(check_task(t) for t in tasks)
+        if not self.tasks:
+            raise EnvError(f"TextWorld needs at least one task; choose from: {', '.join(DEFAULT_TASKS)}.")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._tw = require("textworld", "textworld")
         self._env: Any = None
@@ -158,9 +173,18 @@ class TextWorldEnv:
         self.walkthrough: list[str] = []
         self.max_score = 1
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Validate `tasks` and `split` without generating a game."""
+        tasks = options.get("tasks", DEFAULT_TASKS)
+        for t in [tasks] if isinstance(tasks, str) else tasks:
+            check_task(t)
+        if options.get("split", "test") not in ("train", "dev", "test"):
+            raise EnvError(f"TextWorld split must be 'train', 'dev' or 'test', not {options['split']!r}.")
+
     def reset(self, task: str | None = None, seed: int | None = None) -> EnvObservation:
         seed = seed or 0
-        task = task or self.tasks[seed % len(self.tasks)]
+        task = check_task(task or self.tasks[seed % len(self.tasks)])
         path = make_game_file(task, seed, self.split, self.cache_dir)
         with _GAME_LOCK:
             return self._start(path, task, seed)
@@ -224,6 +248,10 @@ class TextWorldEnv:
             available_actions=list(self._admissible),
             info={"score": score, "steps": self._steps},
         )
+
+    def valid_actions(self) -> list[str]:
+        """TextWorld's admissible commands in the current state."""
+        return list(self._admissible)
 
     def expert_action(self) -> str | None:
         """The next command of TextWorld's own walkthrough from the current state, or None when over."""
