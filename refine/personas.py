@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +18,7 @@ __all__ = ["BUILTIN", "builtin_personas", "load_personas"]
 
 BUILTIN = "builtin"
 _KEYS = ("persona", "text")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def builtin_personas() -> list[str]:
@@ -55,6 +57,11 @@ def _from_jsonl(lines: list[str], where: str) -> list[str]:
             value = None
         if value is None:
             raise ConfigError(f"{where}, line {i}: no persona text; give each row a 'persona' (or 'text') string.")
+        if _SURROGATE.search(value):
+            raise ConfigError(
+                f"{where}, line {i}: the persona holds a lone surrogate escape (e.g. \\ud800), which is no character; "
+                "fix or drop that escape."
+            )
         out.append(value)
     return out
 
@@ -88,12 +95,19 @@ def load_personas(spec: str | Path = BUILTIN) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"Persona file {path} does not exist. Pass --personas builtin or a JSONL/CSV/text file.")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        personas = _from_jsonl(path.read_text(encoding="utf-8").splitlines(), str(path))
-    elif suffix == ".csv":
-        personas = _from_csv(path)
-    else:
-        personas = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            personas = _from_jsonl(path.read_text(encoding="utf-8").splitlines(), str(path))
+        elif suffix == ".csv":
+            personas = _from_csv(path)
+        else:
+            personas = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Persona file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the persona file {path} ({exc.strerror or exc}).") from None
     if not personas:
         raise ConfigError(f"Persona file {path} holds no persona; add one per line/row (a 'persona' column for CSV).")
     return personas

@@ -44,7 +44,10 @@ _SECRET_KEY = re.compile(
 )
 _SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
-_MANIFEST_IGNORED_ON_RESUME = ("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address")
+_MANIFEST_IGNORED_ON_RESUME = (
+    *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
+    *("timeout", "item_timeout", "retries", "keep_failed"),  # how hard to try, not what to make
+)
 
 MAX_FIELD_CHARS = 200_000
 """Longest string a record field may hold; longer ones are cut and listed in the record's `truncated` field."""

@@ -5,6 +5,12 @@ nor duplicates a record. The program (by default `AgentRefinePipeline`) returns 
 ones go to `accepted.jsonl`, the others (with every reason, parse failures included) to `rejected.jsonl`. The
 manifest totals LM calls, tokens, and tokens per accepted trajectory per model.
 
+Each item is a distinct sample: its seed goes into every LM request (`rollout_id`, and the `seed` sampling option
+when the LM samples), so items of one persona never share a cached answer and a resumed item gets its own answers
+back from the cache. An item whose LM calls fail on transport (timeouts, rate limits, server or connection errors,
+its deadline) is retried with backoff and then left pending in `errors.jsonl`, not rejected: `--resume` retries it.
+Only content failures (unparseable output, verifier reasons) are rejections.
+
 Example:
     >>> from refine.synth import plan_items
     >>> [(it["persona"], it["seed"]) for it in plan_items(["a baker", "a sailor"], n=3, seed=0)]
@@ -13,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import threading
@@ -31,12 +38,65 @@ from refine.data import RunRecord, Trajectory, Verdict, content_id
 from refine.errors import ConfigError, LMError
 from refine.imports import PY_PREFIX, load_py_lm
 
-__all__ = ["SynthConfig", "SynthWork", "plan_items", "resolve_lm", "run_synth", "synth_totals"]
+__all__ = [
+    "SynthConfig",
+    "SynthWork",
+    "TransientLMError",
+    "is_transient",
+    "plan_items",
+    "resolve_lm",
+    "run_synth",
+    "synth_totals",
+]
 
 logger = logging.getLogger(__name__)
 
 LOCAL_MAX_TOKENS = 2048
 _PROGRAM_OPTIONS = {"agentrefine": ("max_attempts", "min_refinements")}
+DEFAULT_TIMEOUT_S = 60.0
+RETRY_BACKOFF_S = 1.0
+"""First pause before an item that failed on transport is redone (then doubled, with jitter)."""
+
+
+class TransientLMError(LMError):
+    """An item failed on LM transport, not on content: recorded in errors.jsonl and retried on `--resume`."""
+
+
+# Failures of the connection, not of the answer: DSPy's retryable LM errors plus what sockets and HTTP clients raise.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "APIConnectionError",
+        "APITimeoutError",
+        "BadGatewayError",
+        "ConnectError",
+        "InternalServerError",
+        "ReadTimeout",
+        "RateLimitError",
+        "RemoteProtocolError",
+        "ServiceUnavailableError",
+        "ServerError",
+        "TimeoutError",
+        "Timeout",
+        "TransportError",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an LM failure worth retrying later (timeouts, rate limits, 5xx, dropped connections)."""
+    try:
+        from dspy.utils.exceptions import is_retryable_lm_error
+
+        if isinstance(exc, Exception) and is_retryable_lm_error(exc):
+            return True
+    except ImportError:  # pragma: no cover - older DSPy
+        pass
+    if isinstance(exc, ConnectionError | TimeoutError | TransientLMError):
+        return True
+    if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status in (408, 409, 425, 429) or status >= 500)
 
 
 class SynthConfig(BaseModel):
@@ -52,6 +112,17 @@ class SynthConfig(BaseModel):
     max_attempts: int = Field(4, ge=1, description="Attempts per stage (script, trajectory) before rejection.")
     min_refinements: int = Field(2, ge=0, description="Error -> fix episodes an accepted trajectory needs.")
     workers: int = Field(8, ge=1, description="Parallel items (threads; an embedded LM batches their calls).")
+    timeout: float | None = Field(
+        DEFAULT_TIMEOUT_S, gt=0, description="Seconds one call to a remote LM may take (in-process models: unused)."
+    )
+    item_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds one item may take in all (a guard against servers that trickle bytes); default "
+        "timeout x 2 x max_attempts for remote LMs, none for in-process models.",
+    )
+    retries: int = Field(2, ge=0, description="Times an item that failed on LM transport is redone before pending.")
+    keep_failed: bool = Field(False, description="On --resume, leave items that failed on LM transport pending.")
 
 
 def plan_items(personas: Sequence[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -118,12 +189,14 @@ def _adapter_for(lm: Any) -> Any:
 
 
 class _CallCounter(BaseCallback):
-    """A DSPy callback counting LM calls (and failed calls) per model for one item."""
+    """A DSPy callback counting LM calls (and failed calls) per model for one item, and its transport failures."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: dict[str, int] = defaultdict(int)
         self.failures: dict[str, int] = defaultdict(int)
+        self.retried: dict[str, int] = defaultdict(int)
+        self.transient: list[str] = []
         self._models: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -137,6 +210,42 @@ class _CallCounter(BaseCallback):
             self.calls[model] += 1
             if exception is not None:
                 self.failures[model] += 1
+                if is_transient(exception):
+                    self.transient.append(f"{type(exception).__name__}: {exception}")
+
+    def on_retry(self, model: str) -> None:
+        with self._lock:
+            self.retried[model] += 1
+
+
+# The counter of the item running in this context: DSPy's retry loop (below the callbacks) reports each retry to it.
+_ITEM_COUNTER: contextvars.ContextVar[_CallCounter | None] = contextvars.ContextVar("refine_item_counter", default=None)
+_RETRY_HOOK_LOCK = threading.Lock()
+
+
+def _install_retry_hook() -> None:
+    """Count the retries DSPy makes inside one LM call (rate limits, 5xx, timeouts), which no callback sees.
+
+    DSPy 3.4 sleeps `_delay(exc, attempt)` seconds before each retry; wrapping it is the only place a retry shows.
+    Without the hook (another DSPy version) retries are simply not counted.
+    """
+    try:
+        from dspy.clients import execution
+    except ImportError:  # pragma: no cover
+        return
+    with _RETRY_HOOK_LOCK:
+        original = getattr(execution, "_delay", None)
+        if original is None or getattr(original, "_refine_hook", False):
+            return
+
+        def _delay(exc: Any, attempt: int) -> Any:
+            counter = _ITEM_COUNTER.get()
+            if counter is not None:
+                counter.on_retry(str(getattr(exc, "model", "") or "lm"))
+            return original(exc, attempt)
+
+        _delay._refine_hook = True  # type: ignore[attr-defined]
+        execution._delay = _delay
 
 
 def _usage_of(pred: Any, counter: _CallCounter) -> dict[str, dict[str, int]]:
@@ -155,7 +264,46 @@ def _usage_of(pred: Any, counter: _CallCounter) -> dict[str, dict[str, int]]:
         usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})["calls"] = n
         if counter.failures.get(model):
             usage[model]["failed_calls"] = counter.failures[model]
+    retried = sum(counter.retried.values())
+    if retried:  # DSPy's exceptions rarely name the model: the retries go to the item's (first) model
+        model = next(iter(usage), "lm")
+        usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})["retried_calls"] = retried
     return usage
+
+
+def _item_lm(lm: Any, seed: int) -> Any:
+    """The item's own copy of the LM, with its seed in every request: `rollout_id` (a distinct cache entry per item,
+    the same one when the item is redone) and, when the LM samples, the `seed` sampling option."""
+    if lm is None or not hasattr(lm, "copy") or not isinstance(getattr(lm, "kwargs", None), dict):
+        return lm
+    updates: dict[str, Any] = {"rollout_id": seed}
+    temperature = lm.kwargs.get("temperature")
+    if "seed" not in lm.kwargs and (temperature is None or temperature > 0):
+        updates["seed"] = seed  # greedy decoding ignores it, and a per-item seed would split an engine's batches
+    try:
+        copied = lm.copy(**updates)
+        # "rollout_id has no effect when temperature=0" (DSPy warns once per LM): here the cache key is the point.
+        copied._warned_zero_temp_rollout = True
+        return copied
+    except Exception as exc:  # an LM that cannot be copied (a custom BaseLM): keep it, and say so
+        logger.warning(
+            "LM %s cannot carry a per-item seed (%s); items of one persona may share cached answers", lm, exc
+        )
+        return lm
+
+
+def _warm_up(lm: Any) -> None:
+    """Import the LM client in this thread before the worker pool starts: threads making a process's first calls
+    at once can see a half-imported `litellm` ("partially initialized module 'litellm' has no attribute ...")."""
+    if lm is None or not isinstance(getattr(lm, "engine", None), str):
+        return  # in-process and custom engines: nothing imported lazily
+    try:
+        from dspy.clients import execution  # noqa: F401
+        from dspy.clients._litellm import get_litellm
+
+        get_litellm(feature="dspy.LM")
+    except Exception as exc:  # not installed or not importable: the first call reports it properly
+        logger.debug("LM client warm-up skipped: %s", exc)
 
 
 class SynthWork:
@@ -167,10 +315,22 @@ class SynthWork:
         min_refinements: used to re-verify trajectories that a custom program returns without a verdict.
     """
 
-    def __init__(self, program: Any = "agentrefine", options: dict[str, Any] | None = None, min_refinements: int = 2):
+    def __init__(
+        self,
+        program: Any = "agentrefine",
+        options: dict[str, Any] | None = None,
+        min_refinements: int = 2,
+        *,
+        retries: int = 2,
+        item_timeout: float | None = None,
+        backoff_s: float | None = None,
+    ):
         self.program_spec = program
         self.options = dict(options or {})
         self.min_refinements = min_refinements
+        self.retries = retries
+        self.item_timeout = item_timeout
+        self.backoff_s = backoff_s
         self._program: Any = None if isinstance(program, str) else program
         self._lock = threading.Lock()
         self._hash: str | None = None
@@ -202,6 +362,49 @@ class SynthWork:
                 self._program = load_program(self.program_spec, self.options)
             return self._program
 
+    def _run_once(self, program: Any, item: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, str | None, str]:
+        """One run of the program on the item: (prediction, program error, transport failure or '')."""
+        import dspy
+
+        counter: _CallCounter = overrides["callbacks"][-1]
+        counter.transient.clear()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            token = _ITEM_COUNTER.set(counter)
+            try:
+                with dspy.context(**overrides):
+                    box["pred"] = program(persona=item["persona"], seed=item["seed"])
+            except Exception as exc:  # a program crash is a rejected record with its reason, never a dead run
+                box["error"] = exc
+            finally:
+                _ITEM_COUNTER.reset(token)
+
+        if self.item_timeout is None:
+            run()
+        else:
+            # A daemon thread bounds the item's total time: a server that trickles a byte now and then never trips a
+            # read timeout. On the deadline the thread is abandoned (its answer, if any, is dropped).
+            ctx = contextvars.copy_context()
+            worker = threading.Thread(target=ctx.run, args=(run,), daemon=True, name=f"refine-item-{item['index']}")
+            worker.start()
+            worker.join(self.item_timeout)
+            if worker.is_alive():
+                return None, None, f"ItemTimeout: the item ran past its deadline of {self.item_timeout:g} s"
+        exc = box.get("error")
+        if exc is not None:
+            error = f"{type(exc).__name__}: {exc}"
+            if is_transient(exc):
+                return None, error, error
+            from refine.store import scrub_secrets
+
+            logger.warning("item %s: program failed: %s", item["key"], scrub_secrets(error))
+            return None, error, ""
+        pred = box.get("pred")
+        accepted = bool(getattr(getattr(getattr(pred, "trajectory", None), "verdict", None), "ok", False))
+        # A transport failure only matters when the item did not come out accepted anyway.
+        return pred, None, (counter.transient[-1] if counter.transient and not accepted else "")
+
     def __call__(self, item: dict[str, Any]) -> list[Any]:
         import dspy
 
@@ -210,19 +413,32 @@ class SynthWork:
         program = self.program
         counter = _CallCounter()
         lm = dspy.settings.lm
+        item_lm = _item_lm(lm, item["seed"])
         overrides: dict[str, Any] = {"track_usage": True, "callbacks": [*dspy.settings.callbacks, counter]}
+        if item_lm is not None:
+            overrides["lm"] = item_lm
         adapter = _adapter_for(lm) if lm is not None and dspy.settings.adapter is None else None
         if adapter is not None:
             overrides["adapter"] = adapter
         t0 = time.perf_counter()
-        error = None
-        pred = None
-        with dspy.context(**overrides):
-            try:
-                pred = program(persona=item["persona"], seed=item["seed"])
-            except Exception as exc:  # a program crash is a rejected record with its reason, never a dead run
-                error = f"{type(exc).__name__}: {exc}"
-                logger.warning("item %s: program failed: %s", item["key"], error)
+        for attempt in range(self.retries + 1):
+            pred, error, transient = self._run_once(program, item, overrides)
+            if not transient:
+                break
+            if attempt < self.retries and not transient.startswith("ItemTimeout"):
+                # The calls that succeeded come back from the cache (same rollout_id); only the failed one is redone.
+                backoff = RETRY_BACKOFF_S if self.backoff_s is None else self.backoff_s
+                time.sleep(backoff * 2**attempt * random.uniform(0.5, 1.5))
+                continue
+            from refine.store import scrub_secrets
+
+            raise TransientLMError(
+                scrub_secrets(
+                    f"item {item['key']}: LM transport failure after {attempt + 1} tries ({transient}); "
+                    f"{sum(counter.calls.values())} LM calls, {sum(counter.failures.values())} failed. "
+                    "Left pending: rerun with --resume."
+                )
+            )
         usage = _usage_of(pred, counter) if pred is not None else _usage_of(None, counter)
         traj, attempts = self._trajectory(pred, item, error)
         traj.provenance.usage = usage
@@ -310,6 +526,44 @@ def load_program(spec: Any, options: dict[str, Any] | None = None) -> Any:
     return program
 
 
+def _check_personas_unchanged(out: Path, sha: str, spec: str, resume: bool, run_config: dict[str, Any]) -> None:
+    """A resumed run must plan the same items: refuse when the persona file was edited since the run started."""
+    import json
+
+    if not resume or not (out / "manifest.json").is_file():
+        return
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        before = manifest.get("config", {}).get("personas_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # the store reports an unreadable manifest with its own message
+    if before is None:
+        run_config.pop("personas_sha256")  # a run from before personas were hashed
+    elif before != sha:
+        from refine.errors import RunStoreError
+
+        raise RunStoreError(
+            f"Cannot resume {out}: the personas ({spec}) changed since the run started, so its items would not match "
+            "the records. Restore the persona file, or start a new run in another --out directory."
+        )
+
+
+def _is_local(spec: str) -> bool:
+    try:
+        from refine.lm import is_local_model
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(is_local_model(spec))
+
+
+def _register_lm_secrets(lm: Any) -> None:
+    """An API key given to the LM in code is scrubbed from records and logs like one from the environment."""
+    from refine.store import register_secret
+
+    for key in ("api_key", "token"):
+        register_secret((getattr(lm, "kwargs", None) or {}).get(key))
+
+
 def synth_totals(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Manifest totals over all records of a run: counts, LM calls and tokens per model, tokens per accepted."""
     per_model: dict[str, dict[str, int]] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
@@ -379,12 +633,28 @@ def run_synth(
     personas = load_personas(config.personas)
     items = plan_items(personas, config.n, config.seed)
     options = {"max_attempts": config.max_attempts, "min_refinements": config.min_refinements}
-    work = SynthWork(program if program is not None else config.program, options, config.min_refinements)
+    remote = not config.lm.startswith(PY_PREFIX) and not _is_local(config.lm)
+    lm_kwargs: dict[str, Any] = {"timeout": config.timeout} if remote and config.timeout else {}
+    item_timeout = config.item_timeout
+    if item_timeout is None and remote and config.timeout:
+        item_timeout = config.timeout * 2 * config.max_attempts
+    work = SynthWork(
+        program if program is not None else config.program,
+        options,
+        config.min_refinements,
+        retries=config.retries,
+        item_timeout=item_timeout,
+    )
     if executor == "ray" and (lm is not None or program is not None):
         raise ConfigError("With --executor ray the LM and the program are given as specs (config.lm, config.program).")
     # With Ray only the workers need the LM: the driver may be a small head node without the model.
-    the_lm = lm if lm is not None else (None if executor == "ray" else resolve_lm(config.lm))
-    worker_lm: Any = WorkerLM(config.lm, factory="refine.synth:resolve_lm") if executor == "ray" else the_lm
+    the_lm = lm if lm is not None else (None if executor == "ray" else resolve_lm(config.lm, **lm_kwargs))
+    worker_lm: Any = (
+        WorkerLM(config.lm, factory="refine.synth:resolve_lm", **lm_kwargs) if executor == "ray" else the_lm
+    )
+    _register_lm_secrets(the_lm)
+    _install_retry_hook()
+    _warm_up(the_lm)
     phash = work.program_hash
     counts = {"accepted": 0, "rejected": 0, "failed": 0, "skipped": 0, "tokens": 0}
     lock = threading.Lock()
@@ -409,8 +679,15 @@ def run_synth(
         if progress is not None:
             progress(outcome, snapshot)
 
-    with RunStore(out, config=config.model_dump(), resume=resume, program_hash=phash) as store:
+    run_config = {**config.model_dump(), "personas_sha256": content_id(personas)}
+    _check_personas_unchanged(Path(out), run_config["personas_sha256"], config.personas, resume, run_config)
+    with RunStore(out, config=run_config, resume=resume, program_hash=phash) as store:
         store.update_manifest(items=len(items), lm_model=str(getattr(the_lm, "model", config.lm)))
+        kept = 0
+        if resume and config.keep_failed:  # items that failed on transport stay pending, untouched
+            failed = {r.get("item") for r in store.records("errors")}
+            todo = [it for it in items if it["key"] not in failed or store.has(it["key"])]
+            kept, items = len(items) - len(todo), todo
         with dspy.context(lm=the_lm):
             summary = run_items(
                 items,
@@ -425,9 +702,9 @@ def run_synth(
                 outcome_fields=("usage",),
             )
         totals = synth_totals([*store.records("accepted"), *store.records("rejected")])
-        totals["pending"] = summary.pending
+        totals["pending"] = summary.pending + kept
         totals["errors"] = store.count("errors")
-        if summary.pending == 0:
+        if totals["pending"] == 0:
             store.finish(totals=totals)
         else:  # failed items stay pending: a resumed run retries them
             store.update_manifest(status="incomplete", totals=totals)

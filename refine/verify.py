@@ -4,13 +4,16 @@ The rules are AgentRefine's: a script is well formed (unique actions, compiling 
 groups all have allowed values); every player action matches an available action's pattern with allowed values;
 the DM's `parameter_error` flag agrees with that check; the trajectory holds at least `min_refinements`
 error -> fix episodes; and its last turn completes the task. Regexes are written by an LM, so every match runs
-with a time bound (`regex` module `timeout=`): catastrophic backtracking becomes a reason, never a hang.
+with a time bound (`regex` module `timeout=`): catastrophic backtracking becomes a reason, never a hang. The whole
+verification of one trajectory is bounded too (`TRAJECTORY_TIME_CAP_S`): many slow patterns times many turns stop
+at the cap, which is then a recorded reason.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import regex
@@ -19,6 +22,7 @@ from refine.data import ActionSpec, Script, Trajectory, Turn, Verdict
 
 __all__ = [
     "REGEX_TIMEOUT_S",
+    "TRAJECTORY_TIME_CAP_S",
     "match_action",
     "verifier_metric",
     "verify_script",
@@ -29,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 REGEX_TIMEOUT_S = 0.05
 """Time bound of one LM-written regex match, in seconds."""
+
+TRAJECTORY_TIME_CAP_S = 2.0
+"""Time bound of all the pattern matching for one trajectory, in seconds (a legitimate one takes milliseconds)."""
+
+_TIME_CAP = "verification time cap"
 
 _MAX_PATTERN_LEN = 500
 _MAX_ACTION_LEN = 500
@@ -101,8 +110,12 @@ def verify_script(script: Script) -> Verdict:
     return Verdict(ok=not reasons, reasons=reasons, stage="script", checks=max(checks, 1))
 
 
-def match_action(script: Script, action: str) -> tuple[ActionSpec | None, dict[str, str], list[str]]:
+def match_action(
+    script: Script, action: str, *, deadline: float | None = None
+) -> tuple[ActionSpec | None, dict[str, str], list[str]]:
     """Find the available action that `action` instantiates.
+
+    `deadline` (a `time.perf_counter()` value) stops the search once passed, with a time-cap problem.
 
     Returns:
         `(spec, params, problems)`: the matching spec (None when no pattern matches), the named-group values of the
@@ -126,6 +139,8 @@ def match_action(script: Script, action: str) -> tuple[ActionSpec | None, dict[s
     timeouts: list[str] = []
     partial: tuple[ActionSpec, dict[str, str], list[str]] | None = None
     for spec in script.actions:
+        if deadline is not None and time.perf_counter() > deadline:
+            return None, {}, [*timeouts, f"action {text!r}: {_TIME_CAP} reached before every pattern was tried"]
         try:
             rx = _compile(spec.pattern)
         except (regex.error, ValueError, TypeError):
@@ -170,14 +185,19 @@ def _structure_reasons(turns: list[Turn]) -> list[str]:
     return reasons
 
 
-def verify_trajectory(traj: Trajectory, *, min_refinements: int = 2) -> Verdict:
+def verify_trajectory(
+    traj: Trajectory, *, min_refinements: int = 2, time_cap_s: float = TRAJECTORY_TIME_CAP_S
+) -> Verdict:
     """Check a trajectory against its script with AgentRefine's rules; the verdict lists every violated rule.
 
     Rules: the script is well formed; turns alternate player/DM starting with the player; every player turn has an
     action and every DM turn an observation; the DM's `parameter_error` flag is set exactly on the player actions
     that match no pattern or use a value that is not allowed; at least `min_refinements` error -> fix episodes;
-    the task is completed only on the last DM turn, without error flags.
+    the task is completed only on the last DM turn, without error flags. Pattern matching stops after `time_cap_s`
+    seconds in all; the trajectory is then rejected with that cap as its reason.
     """
+    deadline = time.perf_counter() + time_cap_s
+    capped = False
     sv = verify_script(traj.script)
     reasons = list(sv.reasons)
     checks = sv.checks
@@ -199,9 +219,17 @@ def verify_trajectory(traj: Trajectory, *, min_refinements: int = 2) -> Verdict:
                 continue
             dm = turns[i + 1] if i + 1 < len(turns) and turns[i + 1].role == "dm" else None
             check(dm is not None, f"turn {i}: the player action {t.action!r} gets no DM answer")
-            if dm is None or not sv.ok:
+            if dm is None or not sv.ok or capped:
                 continue
-            _, _, problems = match_action(traj.script, t.action or "")
+            _, _, problems = match_action(traj.script, t.action or "", deadline=deadline)
+            if any(_TIME_CAP in p for p in problems):
+                capped = True
+                check(
+                    False,
+                    f"trajectory: {_TIME_CAP} of {time_cap_s:g} s reached at turn {i} (LM-written patterns too slow "
+                    "to match); the remaining actions were not checked",
+                )
+                continue
             if problems:
                 reason = f"turn {i + 1}: the DM flagged no parameter_error, but {'; '.join(problems)}"
             else:

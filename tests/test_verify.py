@@ -187,3 +187,33 @@ class TestMetric:
     def test_nothing_to_verify(self):
         out = verifier_metric(None, dspy.Prediction(answer="x"))
         assert out.score == 0.0 and "neither a trajectory nor a script" in out.feedback
+
+
+class TestTotalTimeCap:
+    """Issue #16 item 10: the verifier's time is bounded per trajectory, not only per match."""
+
+    def test_many_evil_patterns_over_many_turns_stop_at_the_cap_with_a_reason(self):
+        from refine.data import Turn
+
+        evil = [ActionSpec(name=f"a{i}", pattern=r"^(a|aa)+$", parameters={}) for i in range(60)]
+        script = Script(environment="A room.", tasks=["say a"], actions=evil)
+        turns = []
+        for _ in range(60):
+            turns += [
+                Turn(role="player", action="a" * 40 + "!"),
+                Turn(role="dm", observation="no", parameter_error=True),
+            ]
+        t0 = time.perf_counter()
+        v = verify_trajectory(Trajectory(script=script, turns=turns), min_refinements=0, time_cap_s=0.3)
+        took = time.perf_counter() - t0
+        assert took < 1.5, f"verification took {took:.1f} s"
+        cap = [r for r in v.reasons if "verification time cap of 0.3 s reached" in r]
+        assert len(cap) == 1 and not v.ok
+
+    def test_a_normal_trajectory_is_far_below_the_cap(self):
+        from refine.verify import TRAJECTORY_TIME_CAP_S
+
+        traj = Trajectory(script=tea_script(), turns=good_turns())
+        t0 = time.perf_counter()
+        assert verify_trajectory(traj).ok
+        assert time.perf_counter() - t0 < TRAJECTORY_TIME_CAP_S / 10
