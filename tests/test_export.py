@@ -275,3 +275,25 @@ def test_cli_says_what_is_masked_and_which_setting_keeps_it(run, tmp_path, fmt):
     assert res.exit_code == 0, res.output
     assert f"Exported 3 trajectories (18 assistant turns, 6 masked) from record data as {fmt}" in res.output
     assert "Mask: " + MASK_NOTES[fmt].replace("OUT", str(out))[:60] in " ".join(res.output.split())
+
+
+def test_llamafactory_v1_loader_reads_the_export(run, tmp_path):
+    """LLaMA-Factory v1's local loader is `datasets.load_dataset("json", data_files=path)`: the per-message weights
+    survive it; with llamafactory installed, its own v1 ChatML renderer trains exactly the loss turns."""
+    datasets = pytest.importorskip("datasets")
+    export_run(run, "llamafactory", tmp_path / "lf")
+    path = json.loads((tmp_path / "lf" / "dataset_info.yaml").read_text().split("path: ")[1].splitlines()[0])
+    ds = datasets.load_dataset("json", data_files=path, split="train")
+    weights = [m["loss_weight"] for m in ds[0]["messages"] if m["role"] == "assistant"]
+    assert weights == [1.0 if x else 0.0 for x in LOSSES]
+    try:
+        from llamafactory.v1.core.utils.rendering import render_chatml_messages
+    except ImportError:
+        return
+    from refine.distill.tiny import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer("chatml")
+    out = render_chatml_messages(tok, ds[0]["messages"])
+    trained = tok.decode([t for t, lab in zip(out["input_ids"], out["labels"], strict=True) if lab != -100])
+    want = [m["content"][0]["value"] for m in ds[0]["messages"] if m["loss_weight"] > 0]
+    assert all(w in trained for w in want) and "fill kettle at sink" not in trained
