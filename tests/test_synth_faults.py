@@ -153,8 +153,12 @@ class TestDeadlines:
         assert totals["pending"] == 2 and totals["records"] == 0
 
     def test_default_timeouts_are_tens_of_seconds(self):
-        cfg = SynthConfig()
-        assert 10 <= cfg.timeout <= 120
+        from refine.lm import get_lm
+
+        assert 10 <= SynthConfig().timeout <= 120
+        # Every command building a remote LM through get_lm (eval, optimize, synth) gets a per-call timeout.
+        assert 10 <= get_lm("openai/some-model").kwargs["timeout"] <= 120
+        assert get_lm("openai/some-model", timeout=5).kwargs["timeout"] == 5
 
 
 class TestKeysAndPersonas:

@@ -28,6 +28,8 @@ ADAPTERS = ("auto", "grammar", "chat", "json")
 
 _ENGINE_KEYS = ("max_batch", "batch_wait_ms", "default_max_tokens", "dtype", "torch_threads", "bounds")
 _LOCAL_DEFAULTS = {"max_tokens": 512, "temperature": 0.0}
+# Seconds one call to a remote LM may take unless `timeout=` is given (the client default is 600 s per read).
+REMOTE_TIMEOUT_S = 60.0
 
 
 def _local_model_string(model: str) -> str:
@@ -65,6 +67,7 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
         raise LMError("Empty model string. Use 'embedded', 'local/<dir>', 'hf/<repo>' or a LiteLLM model string")
     if not is_local_model(model):
         # LiteLLM / lm15 path; keys come from the environment (OPENAI_API_KEY, ...) unless the caller passes one.
+        lm_kwargs.setdefault("timeout", REMOTE_TIMEOUT_S)
         return dspy.LM(model, **lm_kwargs)
     from refine.lm.engine import AsyncLocalEngine, LocalEngine
     from refine.lm.loader import resolve_source
