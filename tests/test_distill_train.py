@@ -184,3 +184,52 @@ def test_lora_merged_and_adapter(tmp_path):
     adapter = tmp_path / "adapter"
     distill(data, DistillConfig(out=adapter, base=str(base), lora=True, max_steps=2, batch_size=4))
     assert (adapter / "adapter_config.json").is_file() and (adapter / "refine_base_model.txt").read_text() == str(base)
+
+
+class TestSpeedSettings:
+    def test_liger_is_off_without_the_package_or_a_gpu_and_refused_when_forced(self, tmp_path):
+        from refine.distill.trainer import liger_kernel_available, use_liger_kernel
+
+        assert use_liger_kernel(DistillConfig(out=tmp_path), cuda=False) is False
+        assert use_liger_kernel(DistillConfig(out=tmp_path), cuda=True) is liger_kernel_available()
+        assert use_liger_kernel(DistillConfig(out=tmp_path, liger_kernel=False), cuda=True) is False
+        with pytest.raises(TrainingError, match="liger_kernel=True needs a CUDA GPU and the liger-kernel package"):
+            use_liger_kernel(DistillConfig(out=tmp_path, liger_kernel=True), cuda=False)
+        kw = sft_config_kwargs(DistillConfig(out=tmp_path), cuda=False, bf16=False, padding_free=True)
+        assert kw["use_liger_kernel"] is False
+
+    def test_warmup_reaches_the_installed_transformers(self, tmp_path):
+        # transformers >= 5.2x has no warmup_ratio: the ratio must arrive as a float warmup_steps, not be dropped
+        kw = sft_config_kwargs(DistillConfig(out=tmp_path, warmup_ratio=0.1), cuda=False, bf16=False, padding_free=True)
+        assert kw.get("warmup_ratio", kw.get("warmup_steps")) == pytest.approx(0.1)
+        from trl import SFTConfig
+
+        args = SFTConfig(**kw)
+        assert args.get_warmup_steps(100) == 10
+
+    @pytest.mark.parametrize("lora", [False, True])
+    def test_lean_loss_equals_trl_loss_and_gradients(self, tmp_path, lora):
+        """token_metrics=False: the same loss and gradients as TRL's compute_loss, and no per-batch metrics."""
+        tok = make_tiny_tokenizer()
+        examples, _ = tokenize_rows(tok, rows(4), max_length=4096)
+        results = {}
+        for metrics in (True, False):
+            model = make_tiny_model(tok)
+            model.set_attn_implementation(register_varlen_attention())
+            out = tmp_path / str(metrics)
+            cfg = DistillConfig(out=out, batch_size=4, max_steps=1, token_metrics=metrics, lora=lora)
+            trainer = make_trainer(model, tok, examples, cfg, padding_free=True, bf16=False)
+            assert type(trainer).__name__ == ("SFTTrainer" if metrics else "LeanSFTTrainer")
+            batch = next(iter(trainer.get_train_dataloader()))
+            trainer.model.train()
+            n_items = int((batch["labels"][:, 1:] != -100).sum())
+            loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=torch.tensor(n_items))
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            results[metrics] = (loss.item(), grads, dict(trainer._metrics["train"]))
+        (full_loss, full_grads, full_metrics), (lean_loss, lean_grads, lean_metrics) = results[True], results[False]
+        assert lean_loss == pytest.approx(full_loss, rel=1e-6)
+        assert full_grads.keys() == lean_grads.keys() and full_grads
+        for name, g in full_grads.items():
+            torch.testing.assert_close(lean_grads[name], g, atol=1e-6, rtol=1e-5)
+        assert full_metrics.get("entropy") and not lean_metrics.get("entropy")

@@ -61,6 +61,16 @@ class DistillConfig(BaseModel):
     )
     optim: str = Field(default="auto", description="auto = adamw_torch_fused on CUDA, adamw_torch elsewhere.")
     torch_compile: bool = Field(default=False, description="Compile the model with torch.compile (GPU; slow start).")
+    liger_kernel: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (the LM head is fused by TRL already). "
+        "auto = on CUDA when the liger-kernel package is installed.",
+    )
+    token_metrics: bool = Field(
+        default=False,
+        description="Log TRL's per-token entropy and accuracy. Off: the fused LM head computes the loss alone, with no "
+        "host sync per micro-batch (+9% tokens/s for the 1B shape on an H200); the loss is the same.",
+    )
     logging_steps: int = Field(default=1, ge=1)
     save_loss_curve: bool = True
 

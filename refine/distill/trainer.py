@@ -27,11 +27,13 @@ __all__ = [
     "MIN_TRL",
     "DistillResult",
     "distill",
+    "liger_kernel_available",
     "load_base",
     "make_trainer",
     "resolve_base",
     "sft_config_kwargs",
     "tokenize_rows",
+    "use_liger_kernel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,7 +124,8 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
     """Translate a `DistillConfig` into `SFTConfig` keyword arguments for the installed TRL/transformers.
 
     This is the one place that knows argument renames (``max_seq_length`` -> ``max_length``,
-    ``gradient_checkpointing`` -> ``activation_checkpointing``, ``use_cpu``/``no_cuda``).
+    ``gradient_checkpointing`` -> ``activation_checkpointing``, ``warmup_ratio`` -> ``warmup_steps``,
+    ``use_cpu``/``no_cuda``).
     """
     from trl import SFTConfig
 
@@ -153,9 +156,13 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
         "dataloader_drop_last": False,
         "torch_compile": cfg.torch_compile,
         "optim": cfg.optim if cfg.optim != "auto" else ("adamw_torch_fused" if cuda else "adamw_torch"),
+        "use_liger_kernel": use_liger_kernel(cfg, cuda=cuda),
     }
     if cfg.packing:
         kw.update(packing=True, packing_strategy="bfd", padding_free=True, max_length=cfg.max_length)
+    if "warmup_ratio" not in names and "warmup_steps" in names:
+        # transformers >= 5.2x dropped warmup_ratio; a float below 1 in warmup_steps is the same ratio
+        kw["warmup_steps"] = float(kw.pop("warmup_ratio"))
     if "max_length" not in names and "max_seq_length" in names:
         kw["max_seq_length"] = kw.pop("max_length")
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
@@ -165,6 +172,25 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
     if not cuda:
         kw["use_cpu" if "use_cpu" in names else "no_cuda"] = True
     return {k: v for k, v in kw.items() if k in names}
+
+
+def liger_kernel_available() -> bool:
+    """True when the liger-kernel package is importable (its kernels need CUDA and Triton)."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def use_liger_kernel(cfg: DistillConfig, *, cuda: bool) -> bool:
+    """Whether to patch the model with Liger's kernels; an explicit True without the package or a GPU is an error."""
+    if cfg.liger_kernel == "auto":
+        return cuda and liger_kernel_available()
+    if cfg.liger_kernel and not (cuda and liger_kernel_available()):
+        raise TrainingError(
+            "liger_kernel=True needs a CUDA GPU and the liger-kernel package: pip install liger-kernel "
+            "(or leave it at auto)"
+        )
+    return bool(cfg.liger_kernel)
 
 
 def _bf16_ok() -> bool:
@@ -213,6 +239,46 @@ def _progress_callback(fn: ProgressFn) -> Any:
     return _Progress()
 
 
+def _lean_trainer_class() -> type:
+    """`SFTTrainer` whose training loss is TRL's fused LM head alone (log-probabilities of the labels).
+
+    TRL's own `compute_loss` also computes each token's entropy and whether it is the top-1 token, and reads them back
+    with `.item()` after every micro-batch for its logs; that host sync stalls the GPU queue. Here the training loss is
+    the same sum of label log-probabilities over ``num_items_in_batch`` and nothing is read back; evaluation, custom
+    losses, label smoothing and MoE auxiliary losses go through TRL's path unchanged.
+    """
+    from trl import SFTTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    class LeanSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.lean_loss = (
+                self.compute_loss_func is None
+                and self.label_smoother is None
+                and not self.aux_loss_enabled
+                and self.eval_dataset is None
+                and getattr(self.args, "loss_type", "nll") == "nll"
+            )
+            if self.lean_loss:  # no entropy / top-1 work in the head's kernels either
+                base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                add_fused_lm_head(base, outputs=("log_probs",))
+
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            if not (self.lean_loss and self.model.training):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True, num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return (loss, outputs) if return_outputs else loss
+
+    return LeanSFTTrainer
+
+
 def make_trainer(
     model: Any,
     tokenizer: Any,
@@ -241,7 +307,8 @@ def make_trainer(
             task_type="CAUSAL_LM",
         )
     callbacks = [_progress_callback(progress)] if progress else None
-    return SFTTrainer(
+    trainer_cls = SFTTrainer if cfg.token_metrics else _lean_trainer_class()
+    return trainer_cls(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
