@@ -40,8 +40,8 @@ __all__ = [
     "trajectory_to_row",
 ]
 
-Format = Literal["messages", "sharegpt", "trl", "llamafactory", "agentgym", "hf"]
-FORMATS: tuple[str, ...] = ("messages", "sharegpt", "trl", "llamafactory", "agentgym", "hf")
+Format = Literal["messages", "sharegpt", "trl", "llamafactory", "agentgym", "agentrefine", "hf"]
+FORMATS: tuple[str, ...] = ("messages", "sharegpt", "trl", "llamafactory", "agentgym", "agentrefine", "hf")
 _DIR_FORMATS = ("trl", "llamafactory", "hf")
 _MARKER = ".refine-export"
 
@@ -57,6 +57,9 @@ MASK_NOTES: dict[str, str] = {
     "llamafactory>=0.9.5 with USE_V1=1 and `dataset: OUT/dataset_info.yaml`.",
     "agentgym": "system folded into the first human turn; `loss: false` on erroneous gpt turns, null on human turns; "
     "kept by the AgentGym/AgentTuning trainers.",
+    "agentrefine": "the published AgentRefine schema (`id` + `conversations` of from/loss/value, no system turn: it is "
+    "folded into the first human turn); `loss: false` on erroneous gpt turns; kept by `refine distill` and the "
+    "AgentTuning-style trainers the release was made for.",
     "hf": "`messages[].loss` false on erroneous turns; kept by `refine distill OUT`. datasets.load_from_disk(OUT) "
     "loads it; LLaMA-Factory reads the .arrow file (entry in llamafactory_dataset_info.json) but trains every "
     "assistant turn.",
@@ -194,8 +197,8 @@ def export_rows(
 
     Args:
         rows: ``{"id", "messages", "provenance", "verdict_reasons"}`` rows (`refine.codec`).
-        fmt: one of `FORMATS`: ``messages`` (.jsonl), ``sharegpt`` / ``agentgym`` (.json), ``trl`` / ``llamafactory``
-            / ``hf`` (folders).
+        fmt: one of `FORMATS`: ``messages`` (.jsonl), ``sharegpt`` / ``agentgym`` / ``agentrefine`` (.json),
+            ``trl`` / ``llamafactory`` / ``hf`` (folders).
         out: the output file or folder; never inside a run directory.
         template: with ``trl``, the model family of the mask-marked chat template (`refine.codec.TRL_TEMPLATES`).
         card: the dataset card written as README.md next to the hf data.
@@ -231,8 +234,9 @@ def export_rows(
             _write_text(tmp, _jsonl(rows))
         elif fmt == "sharegpt":
             _write_text(tmp, json.dumps(_sharegpt_rows(rows), ensure_ascii=False, indent=1) + "\n")
-        elif fmt == "agentgym":
-            data = [{"item_id": r["id"], "conversations": messages_to_agentgym(r["messages"])} for r in rows]
+        elif fmt in ("agentgym", "agentrefine"):
+            key = "item_id" if fmt == "agentgym" else "id"
+            data = [{key: r["id"], "conversations": messages_to_agentgym(r["messages"])} for r in rows]
             _write_text(tmp, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
         elif fmt == "trl":
             _write_trl(rows, tmp, template)
@@ -299,7 +303,7 @@ def export_run(run_dir: str | Path, fmt: Format | str, out: str | Path, *, templ
     Args:
         run_dir: a run directory written by `refine synth`, an export, a published set (file/folder) or ``hf:id``.
         fmt: one of `FORMATS`.
-        out: the output file (messages/sharegpt/agentgym) or folder (trl/llamafactory/hf).
+        out: the output file (messages/sharegpt/agentgym/agentrefine) or folder (trl/llamafactory/hf).
         template: the chat-template family of the ``trl`` export.
 
     Returns:

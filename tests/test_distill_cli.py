@@ -127,7 +127,7 @@ from pathlib import Path  # noqa: E402
 from refine.export import FORMATS, export_run  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "published"
-_OUT_NAMES = {"messages": "m.jsonl", "sharegpt": "s.json", "agentgym": "g.json"}
+_OUT_NAMES = {"messages": "m.jsonl", "sharegpt": "s.json", "agentgym": "g.json", "agentrefine": "ar.json"}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tests.test_synth_support import good_turns, tea_script
 
 FIXTURES = Path(__file__).parent / "fixtures" / "published"
 NAMES = {"messages": "out.jsonl", "sharegpt": "out.json", "agentgym": "gym.json", "trl": "trl", "llamafactory": "lf"}
-NAMES["hf"] = "hf"
+NAMES |= {"agentrefine": "ar.json", "hf": "hf"}
 LOSSES = [True, False, True, False, True, True]  # fill-at-sink (parameter) and the early pour (logic) are masked
 
 
@@ -91,7 +91,7 @@ def test_round_trip(run, tmp_path, fmt):
     for i, row in enumerate(rows):
         expected = trajectory_to_row(_traj(f"persona {i}", i))
         assert [m.get("loss") for m in row["messages"] if m["role"] == "assistant"] == LOSSES, fmt
-        if fmt == "agentgym":  # the system text is folded into the first human turn
+        if fmt in ("agentgym", "agentrefine"):  # the system text is folded into the first human turn
             assert (
                 row["messages"][0]["content"]
                 == expected["messages"][0]["content"] + "\n\n" + (expected["messages"][1]["content"])
@@ -149,6 +149,13 @@ def test_agentgym_layout(run, tmp_path):
     assert all(c["loss"] is None for c in conv if c["from"] == "human")
     assert [c["loss"] for c in conv if c["from"] == "gpt"] == LOSSES
     assert set(conv[0]) == {"from", "loss", "value"}
+
+
+def test_agentrefine_schema_reads_back_as_agentrefine(run, tmp_path):
+    export_run(run, "agentrefine", tmp_path / "ar.json")
+    row = json.loads((tmp_path / "ar.json").read_text())[0]
+    assert set(row) == {"id", "conversations"} and row["conversations"][0]["from"] == "human"
+    assert load_source(tmp_path / "ar.json")[1] == "agentrefine"
 
 
 def test_llamafactory_v1_layout(run, tmp_path):

@@ -18,9 +18,12 @@ def export(
             "a .json/.jsonl/.parquet file or a folder) or hf:owner/name."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (messages/sharegpt/agentgym) or folder.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output file (messages, sharegpt, agentgym, agentrefine) or folder.")
+    ],
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="messages | sharegpt | trl | llamafactory | agentgym | hf.")
+        str,
+        typer.Option("--format", "-f", help="messages | sharegpt | trl | llamafactory | agentgym | agentrefine | hf."),
     ] = "messages",
     template: Annotated[
         str,
