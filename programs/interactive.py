@@ -25,7 +25,7 @@ from refine.signatures.refine_action import RefineAction
 from refine.signatures.script import draft_to_script, render_script
 from refine.verify import match_action, verify_trajectory
 
-__all__ = ["InteractiveRefine", "action_pattern", "build_graph", "script_from_env"]
+__all__ = ["InteractiveRefine", "action_pattern", "build_graph", "diagnose", "fix_sentence", "script_from_env"]
 
 _FLAGS = ("parameter_error", "place_error", "logic_error")
 
@@ -86,6 +86,83 @@ def action_pattern(action: str, *, named: bool = True) -> str:
     return "^" + out + "$"
 
 
+_REASON_WORDS = 12
+
+
+def _reason(observation: str) -> str:
+    """The cause an environment gives for refusing an action, cut to a short clause ('' when it gives none).
+
+    Environments phrase refusals as 'You cannot move forward: a grey wall blocks the way.' or 'The door is locked.':
+    the clause after the colon (else the first sentence) names the cause. Long text (a listing, a description of the
+    room) is not a cause and is dropped rather than copied.
+    """
+    first = re.split(r"(?<=[.!?])\s", " ".join(str(observation or "").split()), maxsplit=1)[0]
+    clause = first.split(":", 1)[1] if ":" in first else first
+    clause = clause.strip().rstrip(".!?").strip()
+    words = clause.split()
+    if not words or len(words) > _REASON_WORDS or "'" in clause or '"' in clause:
+        return ""
+    return clause[0].lower() + clause[1:]
+
+
+def diagnose(script: Script, action: str, observation: str = "") -> str:
+    """One short sentence saying what was wrong with `action`: an unknown action, extra words after a valid one, an
+    object that is not in the environment, or a well-formed action the current state does not allow (with the
+    environment's cause, cut to a clause).
+
+    Example:
+        >>> from refine.data import ActionSpec, Script
+        >>> pick = ActionSpec(name="pick up", pattern=action_pattern("pick up"))
+        >>> stack = ActionSpec(name="stack", pattern=action_pattern("stack <x>"), parameters={"arg1": ["a", "b"]})
+        >>> s = Script(environment="e", tasks=["t"], actions=[pick, stack])
+        >>> diagnose(s, "pick up the grey box")
+        "'pick up' takes no object here; the extra words 'the grey box' make it invalid."
+        >>> diagnose(s, "stack zz")
+        "'stack zz' names zz, which is not an object here (objects: a, b)."
+        >>> diagnose(s, "fly away")
+        "'fly away' is not one of the available actions."
+        >>> diagnose(s, "pick up", "You cannot pick up anything: you already carry a red key.")
+        "'pick up' is a valid action, but not now: you already carry a red key."
+    """
+    text = " ".join(str(action or "").split())
+    spec, params, problems = match_action(script, text)
+    if spec is None:
+        lowered = text.lower()
+        stem = max(
+            (a.name for a in script.actions if "<" not in a.name and lowered.startswith(a.name.lower() + " ")),
+            key=len,
+            default=None,
+        )
+        if stem is not None:
+            return f"'{stem}' takes no object here; the extra words '{text[len(stem) + 1 :]}' make it invalid."
+        return f"'{text}' is not one of the available actions."
+    bad = [v for k, v in params.items() if spec.parameters.get(k) and v not in spec.parameters[k]]
+    if bad:
+        allowed = list(dict.fromkeys(x for k in spec.parameters for x in spec.parameters[k]))
+        listing = f" (objects: {', '.join(allowed)})" if len(allowed) <= 8 else ""
+        names = " and ".join(dict.fromkeys(bad))
+        return f"'{text}' names {names}, which {'is' if len(set(bad)) == 1 else 'are'} not an object here{listing}."
+    if problems:
+        return f"'{text}' does not fit the form of '{spec.name}'."
+    cause = _reason(observation)
+    return f"'{text}' is a valid action, but not now" + (f": {cause}." if cause else " in this state.")
+
+
+def fix_sentence(failed: str, fix: str) -> str:
+    """What the correction is, in a few words: the right form of the same verb, or the step taken instead.
+
+    Example:
+        >>> fix_sentence("pickup zz", "pickup b")
+        "The fix is 'pickup b'."
+        >>> fix_sentence("move forward", "turn left")
+        'Instead I turn left.'
+    """
+    same_verb = failed.split()[:1] == fix.split()[:1] and failed.strip() != fix.strip()
+    if same_verb:
+        return f"The fix is '{fix}'."
+    return f"Instead I {fix}."
+
+
 def _history(turns: list[Turn]) -> str:
     lines = []
     for t in turns:
@@ -141,14 +218,14 @@ def build_graph(
     refine: Any = dspy.Predict(RefineAction)
     if refiner == "env":
 
-        def interpret(action: str, observation: str) -> dict[str, Any]:
-            return {"diagnosis": f"The action '{action}' was not accepted: {observation}"}
+        def interpret(action: str, observation: str, verified_script: Script) -> dict[str, Any]:
+            return {"diagnosis": diagnose(verified_script, action, observation)}
 
-        def refine(env_handle: Any, diagnosis: str) -> dict[str, Any]:
+        def refine(env_handle: Any, diagnosis: str, action: str) -> dict[str, Any]:
             fix = expert_action(env_handle)
             if fix is None:
                 raise ConfigError("the environment's expert has no next action to correct the agent with")
-            return {"thought": f"{diagnosis} To make progress I should {fix} instead.", "action": fix}
+            return {"thought": f"{diagnosis} {fix_sentence(action, fix)}", "action": fix}
 
     if agent_lm is not None:
         act.set_lm(agent_lm)
