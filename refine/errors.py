@@ -10,6 +10,7 @@ __all__ = [
     "LMError",
     "LMOutputError",
     "RefineError",
+    "RunFailedError",
     "RunStoreError",
     "TrainingError",
     "VerificationError",
@@ -49,6 +50,13 @@ class VerificationError(RefineError, ValueError):
 
 class RunStoreError(RefineError, RuntimeError):
     """A run directory is unusable: a config mismatch on resume, a corrupt manifest, a locked directory."""
+
+
+class RunFailedError(RefineError, RuntimeError):
+    """A run ended without doing its work: every item failed, or most failed on the same LM error.
+
+    The manifest says `failed` with the reason; the CLI exits 1.
+    """
 
 
 class ExportError(RefineError, ValueError):

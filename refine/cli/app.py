@@ -113,9 +113,10 @@ def main() -> None:
 
 
 def _show_usage_error(exc: typer.TyperException) -> None:
-    try:
-        from typer import rich_utils
-
-        rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
-    except Exception:  # typer without rich support: click's plain format
+    """A usage error as one red line naming the command's help; a bare group still shows its help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
         getattr(exc, "show", lambda: _error(str(exc)))()
+        return
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    _error((exc.format_message() + where).replace("[", "\\["))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from refine.cli._config import configurable
+
 __all__ = ["register", "show_masks"]
 
 
@@ -43,6 +45,7 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
 
     @app.command("distill")
+    @configurable
     def distill_cmd(
         data: str = typer.Argument(
             ...,
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
         ),
         lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
         merge: bool = typer.Option(False, "--merge", help="With --lora: save the adapters merged into the weights."),
-        max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps (-1: run --epochs)."),
+        max_steps: int = typer.Option(-1, "--max-steps", min=-1, help="Optimizer steps (-1: run --epochs)."),
         epochs: float = typer.Option(3.0, "--epochs", help="Passes over the data when --max-steps is -1."),
         lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 2e-5 full, 2e-4 LoRA)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Trajectories per device per micro-batch."),

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption, check_agent_lm, fail_if_all_episodes_failed
+from refine.cli._config import configurable
 from refine.executor import ExecutorOption, RayAddressOption
+from refine.preflight import lm_options
 
 AGENT_HELP = (
     "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', a LiteLLM string), 'chat' or "
@@ -33,6 +36,8 @@ def _with_ci(m: dict, metric: str) -> str:
 def eval_cmd(
     agent: Annotated[str, typer.Option("--agent", "-a", help=AGENT_HELP)] = "embedded",
     lm: Annotated[str | None, typer.Option(help="LM for --agent chat/program (default: embedded).")] = None,
+    api_base: ApiBaseOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     envs: Annotated[
         str | None,
         typer.Option(
@@ -99,6 +104,9 @@ def eval_cmd(
         model=agent if reference else (lm or agent),
     )
     check_config(config, reference_agent(agent) if reference else None)  # before any LM or environment starts
+    if not reference:
+        check_agent_lm(agent, lm, api_base=api_base, api_key_env=api_key_env)
+    lm_kw = {"max_tokens": max_tokens, "temperature": temperature, **lm_options(api_base, api_key_env)}
     if reference and executor == "ray":
         import functools
 
@@ -108,9 +116,9 @@ def eval_cmd(
     elif executor == "ray":  # each Ray worker builds the agent (and its LM) itself
         import functools
 
-        the_agent = functools.partial(resolve_agent, agent, lm, max_tokens=max_tokens, temperature=temperature)
+        the_agent = functools.partial(resolve_agent, agent, lm, **lm_kw)
     else:
-        the_agent = resolve_agent(agent, lm, max_tokens=max_tokens, temperature=temperature)
+        the_agent = resolve_agent(agent, lm, **lm_kw)
     console = Console(stderr=True)
     total = len(episode_specs(config))
     columns = [
@@ -132,6 +140,7 @@ def eval_cmd(
             the_agent, config, out, resume=resume, on_episode=on_episode, executor=executor, ray_address=ray_address
         )
     summary = result.summary
+    fail_if_all_episodes_failed(summary, result.records, out)  # no results table for an agent that never acted
     table = Table(
         title=f"refine eval ({config.suite} suite, {config.max_steps} steps): {config.model}"
         + (f" -> {out}" if out else ""),
@@ -195,5 +204,5 @@ def report_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("eval")(eval_cmd)
+    app.command("eval")(configurable(eval_cmd))
     app.command("report")(report_cmd)

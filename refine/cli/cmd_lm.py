@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption
+from refine.preflight import LM_SPEC_HELP
 
 __all__ = ["register"]
 
@@ -16,10 +21,14 @@ def register(app: typer.Typer) -> None:
 
     @lm_app.command("check")
     def check(
-        model: str = typer.Option("embedded", "--model", "-m", help="embedded, local/<dir>, hf/<repo> or LiteLLM."),
+        spec: str | None = typer.Argument(
+            None, metavar="[MODEL]", help="The LM spec (same as --model). " + LM_SPEC_HELP
+        ),
+        model: str | None = typer.Option(None, "--model", "-m", help="The LM spec (default: embedded)."),
         prompt: str = typer.Option(_DEFAULT_PROMPT, "--prompt", "-p", help="Situation the model plans a step for."),
-        max_tokens: int = typer.Option(256, "--max-tokens", help="Generation limit."),
-        api_base: str | None = typer.Option(None, "--api-base", help="Server URL for OpenAI-compatible servers."),
+        max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Generation limit."),
+        api_base: ApiBaseOption = None,
+        api_key_env: ApiKeyEnvOption = None,
     ) -> None:
         """Load MODEL, answer one typed question about PROMPT, and report the parsed answer, load time and tokens/s."""
         import time
@@ -27,8 +36,16 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from refine.errors import ConfigError
         from refine.lm.check import run_check
+        from refine.preflight import check_lm
 
+        if spec and model and spec != model:
+            raise ConfigError(f"Two models given ({spec!r} and --model {model!r}); pass one.")
+        model = spec or model or "embedded"
+        check_lm(model, flag="MODEL", api_base=api_base, api_key_env=api_key_env, probe=False)
+        if api_key_env:
+            os.environ.setdefault("OPENAI_API_KEY", os.environ[api_key_env])
         console = Console()
         with console.status(f"Loading and querying {model} ..."):
             started = time.perf_counter()

@@ -12,13 +12,17 @@ from typing import Annotated, Any
 
 import typer
 
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption, export_lm_env
+from refine.cli._config import configurable
+from refine.preflight import LM_SPEC_HELP
+
 __all__ = ["optimize_command", "register"]
 
 _PROGRAM_HELP = (
     "Program: built-in name (agentrefine, interactive, self_refine, reflexion), 'package.module:attr', "
     "or a directory saved by `refine optimize`."
 )
-_LM_HELP = "Task LM: 'embedded', 'local/<dir>', a LiteLLM model string, or 'py:package.module:factory'."
+_LM_HELP = "Task LM: " + LM_SPEC_HELP
 _METRIC_HELP = (
     "verifier | verdict | script | trajectory | episode | label_match | 'package.module:function' "
     "(default: chosen from the program's outputs)."
@@ -47,12 +51,19 @@ def optimize_command(
     trainset: Annotated[Path | None, typer.Option(help='JSONL of training inputs, e.g. {"persona": ...} rows.')] = None,
     devset: Annotated[Path | None, typer.Option(help="JSONL of held-out inputs for before/after scores.")] = None,
     lm: Annotated[str | None, typer.Option("--lm", help=_LM_HELP)] = None,
-    reflection_lm: Annotated[str | None, typer.Option(help="LM for GEPA reflection / MIPRO proposals.")] = None,
+    reflection_lm: Annotated[
+        str | None, typer.Option(help="LM for GEPA reflection / MIPRO proposals (same LM spec grammar as --lm).")
+    ] = None,
+    api_base: ApiBaseOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     metric: Annotated[str | None, typer.Option(help=_METRIC_HELP)] = None,
     max_calls: Annotated[int | None, typer.Option(min=1, help="Hard limit on LM calls (never exceeded).")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Hard limit on LM tokens (never exceeded).")] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help="Program option key=value (JSON value), repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--option", help="Program option key=value (JSON value, checked against the program), repeatable."
+        ),
     ] = None,
     optimizer_arg: Annotated[
         list[str] | None,
@@ -67,7 +78,9 @@ def optimize_command(
         bool | None, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow (default: if installed).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cost estimate and exit (no LM call).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output directory: program.json, report.json, report.md.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory: program.json, report.json, report.md.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the optimizer's own log lines.")] = False,
 ) -> None:
     """Optimize every predictor of a refinement program and save the result (see `refine synth --program DIR`)."""
@@ -78,6 +91,7 @@ def optimize_command(
 
     from refine.errors import ConfigError
     from refine.optimizers.prompt_opt import OptimizeConfig, optimize
+    from refine.preflight import check_lm, parse_program_options
 
     # Bound to the real stderr: without --verbose the optimizers' own prints and tqdm bars go to /dev/null.
     console = Console(file=sys.stderr, highlight=False)
@@ -86,7 +100,7 @@ def optimize_command(
     try:
         cfg = OptimizeConfig(
             program=None if Path(program).is_dir() else program,
-            program_options=_parse_options(option or []),
+            program_options=parse_program_options(option or [], None if Path(program).is_dir() else program),
             optimizer_kwargs=_parse_options(optimizer_arg or [], "--optimizer-arg"),
             method=method,
             preset=preset,
@@ -110,6 +124,11 @@ def optimize_command(
         raise ConfigError(detail or str(exc)) from None
     if cfg.trainset is None:
         raise ConfigError("Pass --trainset FILE (JSONL, one example per line).")
+    export_lm_env(api_base, api_key_env)  # the optimizer builds its LMs from the specs, in this process
+    if not dry_run:  # the dry run makes no LM call at all
+        for flag, spec in (("--lm", cfg.lm), ("--reflection-lm", cfg.reflection_lm)):
+            if spec:
+                check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env)
     if not verbose:
         logging.getLogger("dspy").setLevel(logging.ERROR)
         logging.getLogger("optuna").setLevel(logging.ERROR)
@@ -176,4 +195,4 @@ def optimize_command(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("optimize")(optimize_command)
+    app.command("optimize")(configurable(optimize_command))

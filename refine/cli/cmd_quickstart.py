@@ -7,16 +7,21 @@ from typing import Annotated
 
 import typer
 
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption, export_lm_env
+from refine.cli._config import configurable
+
 
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", help="Folder for every stage's run directory.")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every stage's run directory.")] = Path(
         "runs/quickstart"
     ),
     preset: Annotated[str, typer.Option(help="Size: tiny (CI), small (default, < 20 min), medium, large.")] = "small",
-    teacher: Annotated[str, typer.Option(help="Teacher LM for one-shot synthesis (embedded, local/DIR, LiteLLM).")] = (
-        "embedded"
-    ),
-    student: Annotated[str, typer.Option(help="Base student model (embedded or local/DIR).")] = "embedded",
+    lm: Annotated[
+        str, typer.Option("--lm", "--teacher", help="Teacher LM for one-shot synthesis (as `refine synth --lm`).")
+    ] = "embedded",
+    student: Annotated[str, typer.Option(help="Base student model: 'embedded' or 'local/<dir>'.")] = "embedded",
+    api_base: ApiBaseOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     train_envs: Annotated[str, typer.Option(help="Held-in environments (on-policy synthesis, training).")] = (
         "babyai,pddl"
     ),
@@ -25,22 +30,35 @@ def quickstart(
     ),
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     lora: Annotated[bool, typer.Option(help="Distill LoRA adapters (merged) instead of all weights.")] = False,
-    workers: Annotated[int, typer.Option(help="Concurrent items/episodes (their LM calls are batched).")] = 8,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Concurrent items/episodes (batched).")] = 8,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue the stages in --out (the default: finished stages are kept, others continue).",
+        ),
+    ] = True,
 ) -> None:
     """Run the whole loop offline: synthesize verified data, distill, evaluate base vs student, write a report.
 
-    Every stage is resumable: run the same command again after an interruption.
+    Every stage is resumable: run the same command again after an interruption (finished stages are skipped).
+    --no-resume refuses an --out that already holds stages.
     """
     from rich.console import Console
     from rich.table import Table
 
+    from refine.errors import ConfigError
+    from refine.preflight import check_lm
     from refine.quickstart import PRESETS, QuickstartConfig, run_quickstart
 
     console = Console()
     if preset not in PRESETS:
-        from refine.errors import ConfigError
-
         raise ConfigError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} already holds quickstart stages; pass --resume to continue them or another --out.")
+    export_lm_env(api_base, api_key_env)  # the stages build their LMs from the specs, in this process
+    check_lm(lm, flag="--lm", api_base=api_base, api_key_env=api_key_env)
+    check_lm(student, flag="--student")
 
     def split(s: str) -> list[str]:
         return [x.strip() for x in s.split(",") if x.strip()]
@@ -48,7 +66,7 @@ def quickstart(
     cfg = QuickstartConfig(
         out=out,
         preset=preset,  # type: ignore[arg-type]
-        teacher=teacher,
+        teacher=lm,
         student=student,
         train_envs=split(train_envs),
         heldout_envs=split(heldout_envs),
@@ -86,4 +104,4 @@ def quickstart(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quickstart")(quickstart)
+    app.command("quickstart")(configurable(quickstart))

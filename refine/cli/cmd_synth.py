@@ -7,17 +7,22 @@ from typing import Annotated
 
 import typer
 
-LM_HELP = (
-    "Teacher LM: 'embedded', 'local/<dir>', a LiteLLM string (openai/gpt-4o-mini; openai/<name> with "
-    "OPENAI_API_BASE for vLLM/SGLang/Ollama), or py:package.module:factory."
-)
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption
+from refine.cli._config import configurable
+from refine.preflight import LM_SPEC_HELP
+
+LM_HELP = "Teacher LM: " + LM_SPEC_HELP
 
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created; with --resume, continued).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (created; with --resume, continued). Required.")
+    ] = None,
     personas: Annotated[str, typer.Option(help="'builtin' or a JSONL/CSV/text file of personas.")] = "builtin",
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of (persona, seed) items.")] = 4,
-    lm: Annotated[str, typer.Option(help=LM_HELP)] = "embedded",
+    lm: Annotated[str, typer.Option("--lm", help=LM_HELP)] = "embedded",
+    api_base: ApiBaseOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     program: Annotated[str, typer.Option(help="Built-in name, 'package.module:attr', or a saved dir.")] = "agentrefine",
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel items (threads/Ray tasks).")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed (persona order and per-item seeds).")] = 0,
@@ -40,8 +45,13 @@ def synth(
     )
     from rich.table import Table
 
+    from refine.errors import ConfigError, RunFailedError
+    from refine.health import failure_reason, mark_failed
+    from refine.preflight import check_lm, check_personas, lm_options
     from refine.synth import SynthConfig, run_synth
 
+    if out is None:
+        raise ConfigError("Pass --out DIR (the run directory), on the command line or as `out` in --config.")
     config = SynthConfig(
         personas=personas,
         n=n,
@@ -52,31 +62,51 @@ def synth(
         min_refinements=min_refinements,
         workers=workers,
     )
+    # Preflight: every input is checked before the first item, so a typo costs a second, not a run.
+    check_personas(config.personas)
+    options = lm_options(api_base, api_key_env)
+    if options and executor == "ray":
+        raise ConfigError(
+            "--api-base/--api-key-env are not passed to Ray workers; set OPENAI_API_BASE / OPENAI_API_KEY in the "
+            "workers' environment instead."
+        )
+    check_lm(config.lm, flag="--lm", api_base=api_base, api_key_env=api_key_env)
+    the_lm = None
+    if options:
+        from refine.synth import LOCAL_MAX_TOKENS, resolve_lm
+
+        the_lm = resolve_lm(config.lm, max_tokens=LOCAL_MAX_TOKENS, **options)
     console = Console(stderr=True)
     columns = [
         TextColumn("[bold]synth"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("[green]{task.fields[accepted]} accepted[/] [red]{task.fields[rejected]} rejected[/]"),
+        TextColumn(
+            "[green]{task.fields[accepted]} accepted[/] ({task.fields[rate]}) [red]{task.fields[rejected]} rejected[/]"
+        ),
         TextColumn("{task.fields[failed]} failed  {task.fields[tokens]:,} tokens"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
-        task = bar.add_task("synth", total=n, accepted=0, rejected=0, failed=0, tokens=0)
+        task = bar.add_task("synth", total=n, accepted=0, rejected=0, failed=0, tokens=0, rate="-")
 
         def on_item(outcome: object, counts: dict[str, int]) -> None:
+            judged = counts["accepted"] + counts["rejected"]
             bar.update(
                 task,
                 completed=counts["accepted"] + counts["rejected"] + counts["failed"] + counts["skipped"],
+                rate=f"{counts['accepted'] / judged:.0%}" if judged else "-",
                 accepted=counts["accepted"],
                 rejected=counts["rejected"],
                 failed=counts["failed"],
                 tokens=counts["tokens"],
             )
 
-        totals = run_synth(config, out, resume=resume, progress=on_item, executor=executor, ray_address=ray_address)
+        totals = run_synth(
+            config, out, resume=resume, lm=the_lm, progress=on_item, executor=executor, ray_address=ray_address
+        )
     table = Table(title=f"refine synth -> {out}", show_header=False)
     table.add_row("accepted", str(totals["accepted"]))
     table.add_row("rejected", str(totals["rejected"]))
@@ -88,8 +118,29 @@ def synth(
     if totals.get("pending"):
         table.add_row("pending (failed items; rerun with --resume)", str(totals["pending"]))
     Console().print(table)
+    reason = failure_reason(_item_records(out))
+    if reason:
+        mark_failed(out, reason)
+        raise RunFailedError(
+            f"The synthesis run failed ({reason}); the manifest says 'failed'. Fix the cause and rerun."
+        )
+
+
+def _item_records(out: Path) -> list[dict]:
+    """One record per item: accepted/rejected records, plus items that only failed (errors.jsonl)."""
+    from refine.store import RunStore
+
+    store = RunStore.open_existing(out)
+    records = [*store.records("accepted"), *store.records("rejected")]
+    seen = {r.get("key") for r in records}
+    for err in store.records("errors"):
+        item = err.get("item")
+        if item and item not in seen:
+            seen.add(item)
+            records.append({"key": item, "error": err.get("error")})
+    return records
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("synth")(synth)
+    app.command("synth")(configurable(synth))

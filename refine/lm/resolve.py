@@ -30,6 +30,7 @@ _ENGINE_KEYS = ("max_batch", "batch_wait_ms", "default_max_tokens", "dtype", "to
 _LOCAL_DEFAULTS = {"max_tokens": 512, "temperature": 0.0}
 # Seconds one call to a remote LM may take unless `timeout=` is given (the client default is 600 s per read).
 REMOTE_TIMEOUT_S = 60.0
+_REMOTE_DEFAULTS = {"max_tokens": 1024, "temperature": 0.0}
 
 
 def _local_model_string(model: str) -> str:
@@ -46,7 +47,9 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
         model: `embedded` (default; SmolLM2-135M-Instruct in-process), `local/<dir>` or a checkpoint folder,
             `hf/<repo_id>`, or any LiteLLM model string (e.g. `openai/gpt-4o-mini`, `openai/<name>` with `api_base=`
             for a local server).
-        **lm_kwargs: passed to `dspy.LM` (`max_tokens`, `temperature`, `cache`, `num_retries`, ...). For in-process
+        **lm_kwargs: passed to `dspy.LM` (`max_tokens`, `temperature`, `cache`, `num_retries`, ...); remote LMs
+            always get `max_tokens` (default 1024) and `temperature` (default 0), and `api_key_env="NAME"` reads
+            the key from that environment variable (never stored). For in-process
             models the engine settings `max_batch`, `batch_wait_ms`, `default_max_tokens`, `dtype`, `torch_threads`
             and `bounds` are taken out and given to the shared `LocalEngine`.
 
@@ -65,10 +68,28 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
     """
     if not model or not model.strip():
         raise LMError("Empty model string. Use 'embedded', 'local/<dir>', 'hf/<repo>' or a LiteLLM model string")
+    key_env = lm_kwargs.pop("api_key_env", None)
     if not is_local_model(model):
         # LiteLLM / lm15 path; keys come from the environment (OPENAI_API_KEY, ...) unless the caller passes one.
         lm_kwargs.setdefault("timeout", REMOTE_TIMEOUT_S)
+        if key_env:
+            if not os.environ.get(key_env):
+                raise ConfigError(f"api_key_env={key_env!r} (--api-key-env): the environment variable is not set.")
+            lm_kwargs.setdefault("api_key", os.environ[key_env])
+        # Always send a generation limit and a temperature: without them a server applies its own cap (often
+        # 1,024 tokens or less) and its own sampling, so the same run would behave differently on every backend.
+        for key, value in _remote_defaults(model).items():
+            if lm_kwargs.get(key) is None:
+                lm_kwargs[key] = value
+        if model.startswith("openai/") and (lm_kwargs.get("api_base") or os.environ.get("OPENAI_API_BASE")):
+            # DSPy sends OpenAI's newer `max_completion_tokens`; servers (vLLM, llama.cpp, transformers serve) read
+            # the classic `max_tokens`, so the limit goes as that too.
+            extra = dict(lm_kwargs.get("extra_body") or {})
+            extra.setdefault("max_tokens", lm_kwargs["max_tokens"])
+            lm_kwargs["extra_body"] = extra
         return dspy.LM(model, **lm_kwargs)
+    if key_env:
+        raise ConfigError(f"api_key_env= is for remote LMs; {model!r} runs in-process. Drop --api-key-env.")
     from refine.lm.engine import AsyncLocalEngine, LocalEngine
     from refine.lm.loader import resolve_source
 
@@ -85,6 +106,15 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
     for key, value in _LOCAL_DEFAULTS.items():
         lm_kwargs.setdefault(key, value)
     return dspy.LM(model, engine=engine, async_engine=AsyncLocalEngine(engine), **lm_kwargs)
+
+
+def _remote_defaults(model: str) -> dict[str, Any]:
+    """Generation settings sent to remote LMs unless the caller sets them (reasoning models only accept these)."""
+    try:
+        from dspy.clients.lm import _is_openai_reasoning_model
+    except ImportError:  # pragma: no cover - a DSPy without the helper
+        return dict(_REMOTE_DEFAULTS)
+    return {"max_tokens": 16000, "temperature": 1.0} if _is_openai_reasoning_model(model) else dict(_REMOTE_DEFAULTS)
 
 
 def _adapter_for(name: str, lm: dspy.LM) -> dspy.Adapter:
