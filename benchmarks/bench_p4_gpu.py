@@ -55,6 +55,8 @@ SHAPES = {
         "lens": (384, 2048),
         "tied": False,
     },
+    # the embedded SmolLM2-135M-Instruct's shape, with shorter rows: what CPU distillation trains
+    "smollm2": {"hidden": 576, "inter": 1536, "layers": 30, "heads": 9, "kv": 3, "vocab": 49152, "lens": (256, 768)},
     "tiny": {"hidden": 64, "inter": 128, "layers": 2, "heads": 4, "kv": 2, "vocab": 512, "lens": (24, 96)},
 }
 PEAK_FLOPS = 989e12
