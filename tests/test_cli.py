@@ -159,3 +159,55 @@ def test_builtin_program_names_resolve_through_the_registry():
         except ImportError:
             pytest.skip(f"{module} not written yet")
         assert load_graph(name).to_mermaid().startswith("flowchart TD\n"), name
+
+
+def test_truncation_warnings_are_counted_not_printed_per_turn(caplog):
+    import logging
+
+    from refine.cli.app import _TruncationCounter
+
+    counter = _TruncationCounter()
+    logger = logging.getLogger("dspy.clients.lm")
+    logger.addFilter(counter)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dspy.clients.lm"):
+            for _ in range(3):
+                logger.warning("LM response was truncated due to exceeding max_tokens=8.")
+            logger.warning("something else")
+    finally:
+        logger.removeFilter(counter)
+    assert counter.count == 3
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_version_and_short_help(tmp_path):
+    from refine import __version__
+
+    out = _refine("--version", tmp_path=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"dspy-refine {__version__}"
+    for args in (["-h"], ["synth", "-h"], ["lm", "check", "-h"]):
+        out = _refine(*args, tmp_path=tmp_path)
+        assert out.returncode == 0 and "Usage" in out.stdout, args
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    out = _refine("distill", "data", "--max-steps", "-5", tmp_path=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for '--max-steps'"), out.stderr
+
+
+def test_graph_show_imports_from_the_current_directory(tmp_path):
+    """A console script does not put the current folder on sys.path; `refine` does, as the README promises."""
+    (tmp_path / "cwd_graphs.py").write_text(GRAPH_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "refine"), "graph", "show", "cwd_graphs:graph"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == EXPECTED_MERMAID

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -55,6 +56,26 @@ def _error(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}", markup=True)
 
 
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[yellow]Note:[/] {message}", markup=True)
+
+
+class _TruncationCounter(logging.Filter):
+    """Counts DSPy's per-call "LM response was truncated" warnings instead of printing one per turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "response was truncated" in record.getMessage():
+            self.count += 1
+            return False
+        return True
+
+
 def _one_line(exc: BaseException) -> str:
     """A pydantic ValidationError as one line naming each field (as its CLI flag) and the problem."""
     errors = getattr(exc, "errors", None)
@@ -82,6 +103,8 @@ def main() -> None:
     from refine.errors import RefineError
     from refine.interrupt import handle_signals
 
+    truncated = _TruncationCounter()
+    logging.getLogger("dspy.clients.lm").addFilter(truncated)
     code = 0
     try:
         with handle_signals():
@@ -105,6 +128,11 @@ def main() -> None:
         from refine.interrupt import drain
 
         drain()
+    if truncated.count:
+        _warn(
+            f"{truncated.count} LM response(s) stopped at their max_tokens limit (their fields may be cut short; "
+            "raise --max-tokens where the command has it)."
+        )
     if code == 130 or interrupt.requested():
         signum = interrupt.last_signal()
         _error("interrupted; unfinished items are marked in the run directory: rerun the same command with --resume")

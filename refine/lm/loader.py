@@ -208,11 +208,23 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars (`Loading weights`, GGUF conversion): they leak into every run's
+    output. `REFINE_HF_PROGRESS=1` keeps them."""
+    if os.environ.get("REFINE_HF_PROGRESS", "") not in ("", "0"):
+        return
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None) -> LoadedModel:
     """Load a model for inference (on the compute thread): tokenizer, weights, attention and linear kernels."""
     global _threads_set
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     if not _threads_set or torch_threads is not None:
         set_torch_threads(torch_threads)
