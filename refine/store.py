@@ -46,7 +46,7 @@ _SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENT
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
 _MANIFEST_IGNORED_ON_RESUME = (
     *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
-    *("timeout", "item_timeout", "retries", "keep_failed"),  # how hard to try, not what to make
+    *("timeout", "item_timeout", "retries", "keep_failed", "trust_program"),  # how hard to try, not what to make
 )
 
 MAX_FIELD_CHARS = 200_000

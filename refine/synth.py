@@ -123,6 +123,9 @@ class SynthConfig(BaseModel):
     )
     retries: int = Field(2, ge=0, description="Times an item that failed on LM transport is redone before pending.")
     keep_failed: bool = Field(False, description="On --resume, leave items that failed on LM transport pending.")
+    trust_program: list[str] = Field(
+        default_factory=list, description="'module:attr' programs a saved --program DIR may name (you trust them)."
+    )
 
 
 def plan_items(personas: Sequence[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -324,6 +327,7 @@ class SynthWork:
         retries: int = 2,
         item_timeout: float | None = None,
         backoff_s: float | None = None,
+        trust: Sequence[str] = (),
     ):
         self.program_spec = program
         self.options = dict(options or {})
@@ -331,6 +335,7 @@ class SynthWork:
         self.retries = retries
         self.item_timeout = item_timeout
         self.backoff_s = backoff_s
+        self.trust = tuple(trust)
         self._program: Any = None if isinstance(program, str) else program
         self._lock = threading.Lock()
         self._hash: str | None = None
@@ -359,7 +364,7 @@ class SynthWork:
     def program(self) -> Any:
         with self._lock:
             if self._program is None:
-                self._program = load_program(self.program_spec, self.options)
+                self._program = load_program(self.program_spec, self.options, self.trust)
             return self._program
 
     def _run_once(self, program: Any, item: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, str | None, str]:
@@ -499,8 +504,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def load_program(spec: Any, options: dict[str, Any] | None = None) -> Any:
-    """A compiled program from a spec; built-in names get `options` (max_attempts, min_refinements)."""
+def load_program(spec: Any, options: dict[str, Any] | None = None, trust: Sequence[str] = ()) -> Any:
+    """A compiled program from a spec; built-in names get `options` (max_attempts, min_refinements). `trust`: the
+    `module:attr` programs a saved program directory may name."""
     from refine.graph import GraphModule, ProgramGraph
     from refine.programs_registry import load_program as _load
 
@@ -513,7 +519,7 @@ def load_program(spec: Any, options: dict[str, Any] | None = None) -> Any:
         )
     allowed = _PROGRAM_OPTIONS.get(spec, ())
     opts = {k: v for k, v in (options or {}).items() if k in allowed}
-    program = _load(spec, **opts)
+    program = _load(spec, trust=trust, **opts)
     if isinstance(program, ProgramGraph):
         program = program.compile()
     if isinstance(program, GraphModule):
@@ -644,6 +650,7 @@ def run_synth(
         config.min_refinements,
         retries=config.retries,
         item_timeout=item_timeout,
+        trust=config.trust_program,
     )
     if executor == "ray" and (lm is not None or program is not None):
         raise ConfigError("With --executor ray the LM and the program are given as specs (config.lm, config.program).")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,40 @@ class TestGepaCheckpoint:
         self._optimize(log)
         assert (log / "gepa_state.bin").is_file()
         assert self._optimize(log).status == "completed"
+
+
+class TestCommandLine:
+    """The same payloads through `refine` itself: one red line, exit 1, nothing run; the opt-in flags exist."""
+
+    def _refine(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "200"}
+        cmd = [sys.executable, "-c", "from refine.cli import main; main()", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    def test_synth_program_dir_payload_is_one_line_and_trust_program_lets_a_user_program_in(self, tmp_path):
+        marker = tmp_path / "PWNED"
+        d = _os_system_folder(tmp_path, marker)
+        lm = "py:tests.test_synth_support:make_lm"
+        res = self._refine("synth", "-q", "--n", "1", "--lm", lm, "--program", str(d), "--out", str(tmp_path / "r"))
+        assert res.returncode == 1 and "not one of this project's programs" in res.stderr
+        assert "Traceback" not in res.stderr and not marker.exists()
+        (d / "report.json").write_text(json.dumps({"config": {"program": "tests.test_trust:user_graph"}}))
+        res = self._refine(
+            *("synth", "-q", "--n", "1", "--lm", lm, "--program", str(d), "--out", str(tmp_path / "r2")),
+            *("--trust-program", "tests.test_trust:user_graph", "--timeout", "30", "--item-timeout", "60"),
+        )
+        assert "not one of this project's programs" not in res.stderr
+
+    def test_optimize_refuses_a_planted_checkpoint_and_offers_the_flag(self, tmp_path):
+        marker = tmp_path / "PWNED"
+        log = tmp_path / "gepa"
+        log.mkdir()
+        (log / "gepa_state.bin").write_bytes(pickle.dumps(_Payload(marker)))
+        train = tmp_path / "train.jsonl"
+        train.write_text("".join(json.dumps(r) + "\n" for r in arith_rows(3)))
+        res = self._refine(
+            *("optimize", "self_refine", "--method", "gepa", "--trainset", str(train)),
+            *("--lm", "py:tests.test_optimize_support:make_lm", "--log-dir", str(log), "--out", str(tmp_path / "o")),
+        )
+        assert res.returncode == 1 and "--unsafe-pickle-checkpoint" in res.stderr and not marker.exists()
+        assert "Traceback" not in res.stderr

@@ -75,6 +75,10 @@ class OptimizeConfig(BaseModel):
     log_dir: Path | None = Field(
         default=None, description="GEPA checkpoint directory (default OUT/gepa); rerunning with it resumes."
     )
+    trust_program: list[str] = Field(
+        default_factory=list,
+        description="'module:attr' programs a saved program directory may name (you trust them); built-ins always.",
+    )
     unsafe_pickle_checkpoint: bool = Field(
         default=False,
         description="Resume from a GEPA checkpoint (gepa_state.bin) even when it holds Python objects, not only "

@@ -92,7 +92,7 @@ def _prepare_program(program: Any, cfg: OptimizeConfig) -> tuple[dspy.Module, tu
     if isinstance(program, str | Path) and Path(str(program)).is_dir():
         from refine.optimizers.prompt_opt.artifacts import load_optimized
 
-        module = load_optimized(program)
+        module = load_optimized(program, trust=cfg.trust_program)
     elif isinstance(program, str):
         module = load_graph(program, **cfg.program_options).compile()
     elif isinstance(program, ProgramGraph):

@@ -78,6 +78,16 @@ def optimize_command(
         bool | None, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow (default: if installed).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cost estimate and exit (no LM call).")] = False,
+    trust_program: Annotated[
+        list[str] | None, typer.Option("--trust-program", help="'module:attr' a saved program DIR may name.")
+    ] = None,
+    unsafe_pickle_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle-checkpoint",
+            help="Resume from a GEPA checkpoint that holds Python objects: loading it runs any code it names.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory: program.json, report.json, report.md.")
     ] = None,
@@ -117,6 +127,8 @@ def optimize_command(
             log_dir=log_dir,
             mlflow=mlflow,
             dry_run=dry_run,
+            trust_program=trust_program or [],
+            unsafe_pickle_checkpoint=unsafe_pickle_checkpoint,
         )
     except ValueError as exc:  # pydantic: name the offending option in one line
         errors = getattr(exc, "errors", lambda: [])()

@@ -32,6 +32,16 @@ def synth(
     executor: Annotated[str, typer.Option(help="local (threads, default) or ray (Ray tasks).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (with --executor ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per call to a remote LM.")] = 60.0,
+    item_timeout: Annotated[
+        float | None, typer.Option("--item-timeout", min=0.1, help="Seconds per item (default timeout x 2 x attempts).")
+    ] = None,
+    keep_failed: Annotated[
+        bool, typer.Option("--keep-failed", help="With --resume, leave items that failed on LM transport pending.")
+    ] = False,
+    trust_program: Annotated[
+        list[str] | None, typer.Option("--trust-program", help="'module:attr' a saved --program DIR may name.")
+    ] = None,
 ) -> None:
     """Synthesize AgentRefine trajectories from personas, verify them, and store accepted/rejected records."""
     from rich.console import Console
@@ -61,6 +71,10 @@ def synth(
         max_attempts=max_attempts,
         min_refinements=min_refinements,
         workers=workers,
+        timeout=timeout,
+        item_timeout=item_timeout,
+        keep_failed=keep_failed,
+        trust_program=trust_program or [],
     )
     # Preflight: every input is checked before the first item, so a typo costs a second, not a run.
     check_personas(config.personas)
@@ -75,7 +89,7 @@ def synth(
     if options:
         from refine.synth import LOCAL_MAX_TOKENS, resolve_lm
 
-        the_lm = resolve_lm(config.lm, max_tokens=LOCAL_MAX_TOKENS, **options)
+        the_lm = resolve_lm(config.lm, max_tokens=LOCAL_MAX_TOKENS, timeout=config.timeout, **options)
     console = Console(stderr=True)
     columns = [
         TextColumn("[bold]synth"),
