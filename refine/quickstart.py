@@ -25,7 +25,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine.errors import ConfigError
 
-__all__ = ["PRESETS", "QuickstartConfig", "distill_rows", "evaluate_model", "run_quickstart", "synthesize_env"]
+__all__ = [
+    "PRESETS",
+    "QuickstartConfig",
+    "distill_rows",
+    "effects",
+    "episode_records",
+    "evaluate_model",
+    "render_effects",
+    "run_quickstart",
+    "synthesize_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "personas": 1,
         "env_episodes": 2,
         "distill_steps": 4,
+        "distill_batch": 2,
         "eval_episodes": 1,
         "eval_max_steps": 3,
         "synth_max_steps": 16,
@@ -45,16 +56,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "personas": 2,
         "env_episodes": 6,
-        "distill_steps": 30,
-        "eval_episodes": 2,
+        "distill_steps": 20,
+        "distill_batch": 1,
+        "eval_episodes": 5,
         "eval_max_steps": 8,
-        "synth_max_steps": 20,
+        "synth_max_steps": 14,
         "max_attempts": 2,
     },
     "medium": {
         "personas": 16,
         "env_episodes": 40,
         "distill_steps": 200,
+        "distill_batch": 2,
         "eval_episodes": 10,
         "eval_max_steps": 20,
         "synth_max_steps": 20,
@@ -64,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "personas": 200,
         "env_episodes": 400,
         "distill_steps": 2000,
+        "distill_batch": 2,
         "eval_episodes": 30,
         "eval_max_steps": 30,
         "synth_max_steps": 30,
@@ -91,6 +105,7 @@ class QuickstartConfig(BaseModel):
     personas: int | None = None
     env_episodes: int | None = None
     distill_steps: int | None = None
+    distill_batch: int | None = None
     eval_episodes: int | None = None
     eval_max_steps: int | None = None
     synth_max_steps: int | None = None
@@ -207,10 +222,12 @@ def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation
         ablation=ablation,
         lora=cfg.lora,
         merge_lora=True,
-        batch_size=2,
+        # Batch 1 on CPU: trajectories are kept whole (1-3k tokens), so the step count, not the batch, buys learning.
+        batch_size=cfg.size("distill_batch"),
         max_length=1024,
         gradient_checkpointing=False,
-        learning_rate=5e-5 if not cfg.lora else 5e-4,
+        # 20 full steps on 2 cores: a rate high enough that the chat format and the envs' action forms are learned.
+        learning_rate=1e-4 if not cfg.lora else 5e-4,
     )
     result = distill(rows, dc, source=", ".join(str(s) for s in sources))
     return {
@@ -222,26 +239,183 @@ def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation
     }
 
 
-def evaluate_model(cfg: QuickstartConfig, model: str, out: Path) -> dict[str, Any]:
-    """Evaluate a ChatAgent on `model` over the held-in and held-out environments; returns the summary."""
+def evaluate_model(
+    cfg: QuickstartConfig,
+    model: str,
+    out: Path,
+    *,
+    envs: list[str] | None = None,
+    env_options: dict[str, dict[str, Any]] | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a ChatAgent on `model` over the held-in and held-out environments (or `envs`); returns the summary.
+
+    `seed` (default `cfg.seed`) picks the evaluation episodes: models evaluated with the same seed play the same ones.
+    """
     from refine.eval import EvalConfig, evaluate
     from refine.lm import get_lm
     from refine.programs.agent import ChatAgent
 
     ec = EvalConfig(
-        envs=[*cfg.train_envs, *cfg.heldout_envs],
+        envs=envs or [*cfg.train_envs, *cfg.heldout_envs],
         episodes=cfg.size("eval_episodes"),
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         max_steps=cfg.size("eval_max_steps"),
         workers=cfg.workers,
         held_in=cfg.train_envs,
-        env_options={env: dict(_TRAIN_ENV_OPTIONS.get(env, {})) for env in cfg.train_envs},
+        env_options=env_options
+        if env_options is not None
+        else {env: dict(_TRAIN_ENV_OPTIONS.get(env, {})) for env in cfg.train_envs},
         agent="chat",
         model=model,
     )
-    agent = ChatAgent(get_lm(model, max_tokens=48))
+    # 64 tokens: a refinement turn's thought (one or two short sentences) plus its action fits; 48 cut some.
+    agent = ChatAgent(get_lm(model, max_tokens=64))
     result = evaluate(agent, ec, out, resume=out.exists())
     return result.summary
+
+
+FORMAT_ERRORS = ("no 'Action:' line in the reply", "empty reply")
+MIN_PAIRS = 6  # paired episodes a difference needs before it is called real
+
+# name -> (per-episode value, True when lower is better)
+_METRICS: dict[str, tuple[Callable[[dict[str, Any]], float], bool]] = {
+    "success": (lambda r: float(bool(r["success"])), False),
+    "progress": (lambda r: float(r["progress"]), False),
+    "invalid": (lambda r: r["invalid_steps"] / r["steps"] if r["steps"] else 1.0, True),
+    "format_fail": (
+        lambda r: (
+            sum(1 for t in r["trajectory"] if t.get("action") is None and t.get("reason") in FORMAT_ERRORS) / r["steps"]
+            if r["steps"]
+            else 1.0
+        ),
+        True,
+    ),
+}
+
+
+def episode_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The episode records of an evaluation run directory (original action wording only)."""
+    from refine.store import RunStore
+
+    with RunStore(run_dir, resume=True) as store:
+        return [r for r in store.records("episodes") if r.get("variant", "base") == "base"]
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    # "run" tells apart the same episode played by students of different training seeds (replication pools them).
+    return (r.get("run"), r["env"], r.get("index", 0), r.get("seed"), r.get("task"))
+
+
+def effects(
+    base: list[dict[str, Any]],
+    student: list[dict[str, Any]],
+    held_in: list[str],
+    groups: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Base -> student on each group of environments: per metric the two rates with n and 95% intervals, the paired
+    difference (`refine.stats.difference`, stratified by environment) and whether its interval excludes 0.
+
+    Metrics are per-episode values averaged over episodes then over environments: success, progress, invalid (share
+    of an episode's steps the environment refused or that held no action) and format_fail (share of replies with no
+    `Action:` line). `groups` defaults to held-in and held-out. A difference is `real` when its interval excludes 0
+    and at least `MIN_PAIRS` paired episodes back it. Also `notes`: environments where neither model ever
+    succeeded (this size cannot show a success effect there).
+    """
+    from refine.stats import difference, stratified_bootstrap
+
+    held = set(held_in)
+    envs = sorted({r["env"] for r in base} | {r["env"] for r in student})
+    groups = groups or {
+        "held_in": [e for e in envs if e in held],
+        "held_out": [e for e in envs if e not in held],
+    }
+    out: dict[str, Any] = {"groups": {}, "notes": []}
+    for group, names in groups.items():
+        if not names:
+            continue
+        ba = {_key(r): r for r in base if r["env"] in names}
+        sb = {_key(r): r for r in student if r["env"] in names}
+        keys = sorted(set(ba) & set(sb), key=repr)
+        if not keys:
+            continue
+        strata = [k[1] for k in keys]  # the environment
+        row: dict[str, Any] = {"envs": names, "n": len(keys), "paired": len(keys) == len(ba) == len(sb)}
+        for metric, (value, lower_better) in _METRICS.items():
+            a = [value(ba[k]) for k in keys]
+            b = [value(sb[k]) for k in keys]
+            by_a = [[x for x, e in zip(a, strata, strict=True) if e == env] for env in dict.fromkeys(strata)]
+            by_b = [[x for x, e in zip(b, strata, strict=True) if e == env] for env in dict.fromkeys(strata)]
+
+            def rate(groups_: list[list[float]]) -> float:
+                return sum(sum(g) / len(g) for g in groups_) / len(groups_)
+
+            def ci(groups_: list[list[float]]) -> list[float]:
+                return list(stratified_bootstrap(groups_))
+
+            diff = difference(a, b, paired=True, strata=strata)
+            lo, hi = diff["ci"]  # type: ignore[misc]
+            # With fewer than 6 pairs even all-same-sign differences fail a two-sided sign test at 5%, and a
+            # bootstrap of identical differences has zero width: no claim from so few episodes.
+            real = (lo > 0 or hi < 0) and len(keys) >= MIN_PAIRS
+            row[metric] = {
+                "base": rate(by_a),
+                "base_ci": ci(by_a),
+                "student": rate(by_b),
+                "student_ci": ci(by_b),
+                "delta": diff["delta"],
+                "delta_ci": [lo, hi],
+                "real": real,
+                "better": real and ((hi < 0) == lower_better),
+            }
+        out["groups"][group] = row
+    for env in envs:
+        if not any(r["success"] for r in [*base, *student] if r["env"] == env):
+            out["notes"].append(
+                f"{env}: neither model solved an episode, so this size cannot show a success effect there "
+                "(a 135M student trained for minutes on CPU; see README, 'What the quickstart shows')."
+            )
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def render_effects(result: dict[str, Any]) -> str:
+    """A plain-text base -> student table (n, rates with 95% intervals, difference) and one line per real effect.
+
+    Example:
+        >>> r = {"groups": {"held_out": {"n": 12, "paired": True, "success": {"base": 0.0, "base_ci": [0.0, 0.24],
+        ...     "student": 0.0, "student_ci": [0.0, 0.24], "delta": 0.0, "delta_ci": [0.0, 0.0], "real": False,
+        ...     "better": False}}}, "notes": []}
+        >>> print(render_effects(r).splitlines()[2])
+        held_out   12 success          0% [0-24%]  ->     0% [0-24%]    +0% [+0, +0]
+    """
+    lines = [
+        f"{'group':<9} {'n':>3} {'metric':<12} {'base':>14}  -> {'student':>14}  {'student - base':>14}",
+        "-" * 74,
+    ]
+    claims: list[str] = []
+    for group, row in result["groups"].items():
+        for metric in ("success", "progress", "invalid", "format_fail"):
+            m = row.get(metric)
+            if not m:
+                continue
+            b = f"{_pct(m['base'])} [{_pct(m['base_ci'][0])[:-1]}-{_pct(m['base_ci'][1])}]"
+            st = f"{_pct(m['student'])} [{_pct(m['student_ci'][0])[:-1]}-{_pct(m['student_ci'][1])}]"
+            d = f"{100 * m['delta']:+.0f}% [{100 * m['delta_ci'][0]:+.0f}, {100 * m['delta_ci'][1]:+.0f}]"
+            lines.append(f"{group:<9} {row['n']:>3} {metric:<12} {b:>14}  -> {st:>14}  {d:>14}")
+            if m["real"]:
+                word = "better" if m["better"] else "WORSE"
+                claims.append(
+                    f"real effect ({word}): {group} {metric} {_pct(m['base'])} -> {_pct(m['student'])}, "
+                    f"difference {d} (95% paired interval excludes 0, n={row['n']} episodes)"
+                )
+    lines.append("")
+    lines += claims or ["no effect at this size: every difference's 95% interval includes 0"]
+    lines += result.get("notes", [])
+    return "\n".join(lines)
 
 
 def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -290,6 +464,11 @@ def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -
             f"eval_{label}",
             lambda m=model, lab=label: evaluate_model(config, m, out / f"eval_{lab}"),
             _done(out / f"eval_{label}"),
+        )
+
+    if "student" in models:
+        summary["effects"] = effects(
+            episode_records(out / "eval_base"), episode_records(out / "eval_student"), config.train_envs
         )
 
     def report() -> dict[str, Any]:

@@ -69,3 +69,44 @@ def test_on_policy_training_envs_draw_from_the_train_split(env):
 
     factory = _env_factory(env, "train", {})
     assert factory.keywords["split"] == "train" and factory.args == (env,)
+
+
+def _episode(env, i, success, steps, invalid, no_action):
+    trajectory = [{"action": None, "reason": "no 'Action:' line in the reply"}] * no_action
+    trajectory += [{"action": "look"}] * (steps - no_action)
+    return {"env": env, "index": i, "seed": i, "task": None, "success": success, "progress": float(success),
+            "steps": steps, "invalid_steps": invalid, "trajectory": trajectory}  # fmt: skip
+
+
+def test_effects_pair_episodes_and_name_real_effects_and_silent_envs():
+    from refine.quickstart import effects, render_effects
+
+    base = [_episode(e, i, False, 8, 8, 8) for e in ("babyai", "textworld") for i in range(6)]
+    student = [_episode(e, i, i < 1, 8, 2 + i % 3, i % 2) for e in ("babyai", "textworld") for i in range(6)]
+    result = effects(base, student, ["babyai"])
+    held_out = result["groups"]["held_out"]
+    assert held_out["n"] == 6 and held_out["paired"] and held_out["envs"] == ["textworld"]
+    fmt = held_out["format_fail"]
+    assert fmt["base"] == 1.0 and fmt["student"] == pytest.approx(3 / 48)
+    assert fmt["real"] and fmt["better"] and fmt["delta_ci"][1] < 0
+    assert not held_out["success"]["real"]  # 1 of 6 solved: its interval includes 0
+    text = render_effects(result)
+    assert "real effect (better): held_out format_fail 100% -> 6%" in text
+    assert "held_out    6 success" in text
+    assert result["notes"] == []  # one episode of each env was solved
+
+    # Two episodes that both improve: a zero-width bootstrap interval, but too few pairs to call it real.
+    few = effects(base[:2], student[:2], ["babyai"])["groups"]["held_in"]["format_fail"]
+    assert few["delta_ci"][1] < 0 and not few["real"]
+
+    nothing = effects(base, base, ["babyai"])
+    assert "no effect at this size" in render_effects(nothing)
+    assert any(n.startswith("babyai: neither model solved an episode") for n in nothing["notes"])
+
+
+def test_effects_skip_groups_without_common_episodes():
+    from refine.quickstart import effects
+
+    base = [_episode("pddl", i, False, 4, 4, 4) for i in range(3)]
+    student = [_episode("pddl", i + 10, False, 4, 1, 0) for i in range(3)]
+    assert effects(base, student, ["pddl"])["groups"] == {}

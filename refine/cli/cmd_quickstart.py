@@ -95,6 +95,11 @@ def quickstart(
                 f"{m.get('progress_rate', 0):.2f}",
             )
     console.print(table)
+    if summary.get("effects"):
+        from refine.quickstart import render_effects
+
+        console.print("base -> student, paired by episode (95% intervals; README: 'What the quickstart shows'):")
+        console.print(render_effects(summary["effects"]), markup=False, highlight=False)
     d = summary.get("distill") or {}
     console.print(
         f"synth: {summary.get('synth', {}).get('accepted', 0)} accepted one-shot; "
