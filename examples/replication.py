@@ -1,118 +1,252 @@
-"""Small-scale replication of AgentRefine's central claim, offline on 2 CPU cores.
+"""AgentRefine's ablation study as one resumable command: seeds x {errors masked, errors trained, no refinement} + base.
 
-Teacher: the environments' own experts correcting the student's mistakes (or a user LM via `--teacher-lm`, used by
-the one-shot synthesis of `refine quickstart`). Student: SmolLM2-135M-Instruct. The student is trained on held-in
-environments (BabyAI, PDDL blocks) and evaluated on held-out ones (TextWorld, ScienceWorld), for several seeds and the
-paper's ablation: erroneous turns masked (AgentRefine), erroneous turns trained, refinement episodes dropped.
+Teacher: the environments' own experts correcting the student's mistakes (on-policy refinement data, train split).
+Student: SmolLM2-135M-Instruct (`--student` for another base). Every model plays the same evaluation episodes
+(test split, `--eval-seed`), on three splits:
 
-    python examples/replication.py --out runs/replication --seeds 0 1 2 --episodes 6 --steps 30 --eval-episodes 2
+* held-in: the training environments' test tasks (default BabyAI + PDDL blocks);
+* held-out: environments never trained on (default TextWorld + ScienceWorld);
+* unseen: unseen domains of a trained family (default PDDL gripper, while training saw only blocks).
 
-Results land in `<out>/results.json` and a markdown table (`<out>/results.md`). At this scale the numbers are noisy
-and a 135M model mostly fails held-out tasks; record them as they come.
+Each cell's rates carry n and a 95% interval, and each comparison (ablation - base, masked - trained, masked -
+no-refine) is a paired difference by episode (`refine.stats`), pooled over seeds. Every stage is skipped when its
+output exists, so a killed study resumes where it stopped: rerun the same command.
+
+    python examples/replication.py --out runs/replication --seeds 0 1 2 --episodes 6 --steps 30 --eval-episodes 4
+    python examples/replication.py --out runs/repl-gpu --seeds 0 1 2 --episodes 60 --steps 300 --eval-episodes 20 \\
+        --eval-max-steps 30 --workers 32    # a GPU box: hundreds of steps, intervals narrow enough to read
+
+Results: `<out>/results.json` and `<out>/results.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from refine.quickstart import QuickstartConfig, distill_rows, evaluate_model, synthesize_env
+from refine.errors import ConfigError
+from refine.quickstart import (
+    QuickstartConfig,
+    distill_rows,
+    effects,
+    episode_records,
+    evaluate_model,
+    synthesize_env,
+)
 
 ABLATIONS = ("masked", "trained", "no-refine")
+METRICS = ("success", "progress", "invalid", "format_fail")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/replication"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds (data and order).")
+    ap.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=ABLATIONS)
+    ap.add_argument("--student", default="embedded", help="Base student: embedded or local/DIR.")
     ap.add_argument("--episodes", type=int, default=6, help="On-policy synthesis episodes per held-in env and seed.")
     ap.add_argument("--steps", type=int, default=30, help="Distillation steps per run.")
-    ap.add_argument("--eval-episodes", type=int, default=2)
+    ap.add_argument("--lora", action="store_true", help="Train LoRA adapters (merged) instead of all weights.")
+    ap.add_argument("--synth-max-steps", type=int, default=20)
+    ap.add_argument("--eval-episodes", type=int, default=4, help="Evaluation episodes per environment and split.")
     ap.add_argument("--eval-max-steps", type=int, default=8)
+    ap.add_argument("--eval-seed", type=int, default=0, help="Evaluation episodes (the same for every model).")
     ap.add_argument("--train-envs", default="babyai,pddl")
     ap.add_argument("--heldout-envs", default="textworld,scienceworld")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--unseen",
+        default="pddl:gripper",
+        help="ENV:TASK,... unseen tasks/domains of trained families ('' for none).",
+    )
+    ap.add_argument("--workers", type=int, default=8)
+    args = ap.parse_args(argv)
+    for name in ("episodes", "steps", "eval_episodes", "eval_max_steps", "workers", "synth_max_steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    args.train = [e for e in args.train_envs.split(",") if e]
+    args.heldout = [e for e in args.heldout_envs.split(",") if e]
+    args.unseen_tasks = {}
+    for item in [u for u in args.unseen.split(",") if u]:
+        env, sep, task = item.partition(":")
+        if not sep or not task:
+            raise ConfigError(f"--unseen takes ENV:TASK items (e.g. pddl:gripper), got {item!r}.")
+        args.unseen_tasks.setdefault(env, []).append(task)
+    return args
 
-    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "runs": []}
-    base_done = False
+
+def _config(args: argparse.Namespace, seed: int) -> QuickstartConfig:
+    return QuickstartConfig(
+        out=args.out / f"seed{seed}",
+        seed=seed,
+        student=args.student,
+        train_envs=args.train,
+        heldout_envs=args.heldout,
+        env_episodes=args.episodes,
+        distill_steps=args.steps,
+        eval_episodes=args.eval_episodes,
+        eval_max_steps=args.eval_max_steps,
+        synth_max_steps=args.synth_max_steps,
+        lora=args.lora,
+        workers=args.workers,
+    )
+
+
+def _finished(path: Path) -> bool:
+    manifest = path / "manifest.json"
+    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "finished"
+
+
+def _evaluate(args: argparse.Namespace, cfg: QuickstartConfig, model: str, out: Path, run: Any) -> list[dict]:
+    """Held-in + held-out (one run directory) and unseen (another); records tagged with their split and run."""
+    records: list[dict[str, Any]] = []
+    main = out / "eval"
+    if not _finished(main):
+        evaluate_model(cfg, model, main, seed=args.eval_seed)
+    records += episode_records(main)
+    if args.unseen_tasks:
+        unseen = out / "eval_unseen"
+        if not _finished(unseen):
+            evaluate_model(
+                cfg,
+                model,
+                unseen,
+                envs=list(args.unseen_tasks),
+                env_options={env: {"tasks": tasks} for env, tasks in args.unseen_tasks.items()},
+                seed=args.eval_seed,
+            )
+        records += [{**r, "env": f"{r['env']}:unseen"} for r in episode_records(unseen)]
+    return [{**r, "run": run} for r in records]
+
+
+def run_study(args: argparse.Namespace, say: Any = print) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the results also written to `<out>/results.json`."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    groups = {
+        "held_in": list(args.train),
+        "held_out": list(args.heldout),
+        "unseen": [f"{e}:unseen" for e in args.unseen_tasks],
+    }
+    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "groups": groups, "runs": []}
+    base_cfg = _config(args, args.seeds[0])
+    say("base: evaluating")
+    base_records = _evaluate(args, base_cfg, args.student, args.out / "base", None)
+    records: dict[str, list[dict[str, Any]]] = {a: [] for a in args.ablations}
     for seed in args.seeds:
-        cfg = QuickstartConfig(
-            out=args.out / f"seed{seed}",
-            seed=seed,
-            train_envs=args.train_envs.split(","),
-            heldout_envs=args.heldout_envs.split(","),
-            env_episodes=args.episodes,
-            distill_steps=args.steps,
-            eval_episodes=args.eval_episodes,
-            eval_max_steps=args.eval_max_steps,
-        )
-        data_dir = cfg.out / "synth_env"
-        synth = synthesize_env(cfg, data_dir) if not (data_dir / "manifest.json").exists() else None
-        if not base_done:
-            base = evaluate_model(cfg, "embedded", args.out / "eval_base")
-            results["base"] = base
-            base_done = True
-        for ablation in ABLATIONS:
+        cfg = _config(args, seed)
+        data = cfg.out / "synth_env"
+        if not _finished(data):
+            say(f"seed {seed}: on-policy synthesis")
+        synth = synthesize_env(cfg, data) if not _finished(data) else {"resumed": True}
+        for ablation in args.ablations:
             student = cfg.out / f"student_{ablation}"
             if (student / "config.json").exists():
-                dist: dict[str, Any] = {"resumed": True, "steps": cfg.size("distill_steps")}
+                dist: dict[str, Any] = {"resumed": True}
             else:
-                dist = distill_rows(cfg, [data_dir], student, ablation=ablation)
-            ev = evaluate_model(cfg, f"local/{student}", cfg.out / f"eval_{ablation}") if dist.get("steps") else None
-            results["runs"].append({"seed": seed, "ablation": ablation, "synth": synth, "distill": dist, "eval": ev})
-            (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (args.out / "results.md").write_text(_table(results))
+                say(f"seed {seed}: distilling ({ablation})")
+                dist = distill_rows(cfg, [data], student, ablation=ablation)
+            if not (student / "config.json").exists():
+                results["runs"].append({"seed": seed, "ablation": ablation, "synth": synth, "distill": dist})
+                continue
+            say(f"seed {seed}: evaluating ({ablation})")
+            recs = _evaluate(args, cfg, f"local/{student}", cfg.out / f"eval_{ablation}", seed)
+            records[ablation] += recs
+            results["runs"].append({"seed": seed, "ablation": ablation, "synth": synth, "distill": dist})
+    # The base model is one model: pair it with every seed's student by replaying its records under each run tag.
+    base_by_run = [{**r, "run": seed} for seed in args.seeds for r in base_records]
+    comparisons: dict[str, Any] = {}
+    for ablation, recs in records.items():
+        if recs:
+            comparisons[f"{ablation} - base"] = effects(base_by_run, recs, args.train, groups)
+    if records.get("masked"):
+        for other in ("trained", "no-refine"):
+            if records.get(other):
+                comparisons[f"masked - {other}"] = effects(records[other], records["masked"], args.train, groups)
+    results["comparisons"] = comparisons
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (args.out / "results.md").write_text(table(results))
+    return results
 
 
-def _rates(summary: dict[str, Any] | None, group: str) -> tuple[float, float] | None:
-    if not summary or group not in summary:
-        return None
-    m = summary[group]["base"]
-    return float(m["success_rate"]), float(m["progress_rate"])
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}"
 
 
-def _cell(rates: tuple[float, float] | None) -> str:
-    return "-" if rates is None else f"{rates[0]:.2f} / {rates[1]:.2f}"
-
-
-def _table(results: dict[str, Any]) -> str:
-    """Markdown: one row per (ablation, seed), then the mean over seeds per ablation.
+def table(results: dict[str, Any]) -> str:
+    """Markdown: per model and split, each metric's rate [95% interval] (from the `X - base` comparisons: the base
+    row is their reference side), then every comparison's paired difference [interval], a * where it excludes 0.
 
     Example:
-        >>> ev = {"held_in": {"base": {"success_rate": 0.5, "progress_rate": 0.75}},
-        ...       "held_out": {"base": {"success_rate": 0.0, "progress_rate": 0.25}}}
-        >>> runs = [{"seed": s, "ablation": "masked", "eval": ev, "synth": {"accepted": 3},
-        ...          "distill": {"first_loss": 0.8, "last_loss": 0.1}} for s in (0, 1)]
-        >>> print(_table({"runs": runs}).splitlines()[-1])
-        | masked | 2 | 0.50 / 0.75 | 0.00 / 0.25 |
+        >>> m = {"base": 0.0, "base_ci": [0.0, 0.2], "student": 0.5, "student_ci": [0.3, 0.7], "delta": 0.5,
+        ...      "delta_ci": [0.3, 0.7], "real": True, "better": True}
+        >>> cmp = {"groups": {"held_in": {"n": 8, "success": m}}, "notes": []}
+        >>> print(table({"comparisons": {"masked - base": cmp}}).splitlines()[2])
+        | base | held_in | 8 | 0 [0-20] | - | - | - |
     """
     lines = [
-        "| model | seed | accepted | held-in SR / PR | held-out SR / PR | train loss first -> last |",
-        "|---|---|---|---|---|---|",
+        "| model | split | n | success % | progress % | invalid % | no Action line % |",
+        "|---|---|---|---|---|---|---|",
     ]
-    base = results.get("base")
-    lines.append(f"| base | - | - | {_cell(_rates(base, 'held_in'))} | {_cell(_rates(base, 'held_out'))} | - |")
-    for r in results["runs"]:
-        d = r.get("distill") or {}
-        loss = f"{d['first_loss']:.3f} -> {d['last_loss']:.3f}" if d.get("first_loss") is not None else "-"
-        accepted = (r.get("synth") or {}).get("accepted", "-")
-        lines.append(
-            f"| {r['ablation']} | {r['seed']} | {accepted} | {_cell(_rates(r['eval'], 'held_in'))} | "
-            f"{_cell(_rates(r['eval'], 'held_out'))} | {loss} |"
-        )
-    lines += ["", "| model | seeds | mean held-in SR / PR | mean held-out SR / PR |", "|---|---|---|---|"]
-    for ablation in dict.fromkeys(r["ablation"] for r in results["runs"]):
-        runs = [r for r in results["runs"] if r["ablation"] == ablation and r.get("eval")]
-        cells = []
-        for group in ("held_in", "held_out"):
-            rates = [x for x in (_rates(r["eval"], group) for r in runs) if x is not None]
-            mean = (sum(x[0] for x in rates) / len(rates), sum(x[1] for x in rates) / len(rates)) if rates else None
-            cells.append(_cell(mean))
-        lines.append(f"| {ablation} | {len(runs)} | {cells[0]} | {cells[1]} |")
+
+    def cells(row: dict[str, Any], side: str) -> list[str]:
+        out = []
+        for metric in METRICS:
+            m = row.get(metric)
+            out.append("-" if not m else f"{_pct(m[side])} [{_pct(m[side + '_ci'][0])}-{_pct(m[side + '_ci'][1])}]")
+        return out
+
+    comparisons = results.get("comparisons", {})
+    base_rows = next((c for name, c in comparisons.items() if name.endswith(" - base")), None)
+    if base_rows:
+        for split, row in base_rows["groups"].items():
+            lines.append(f"| base | {split} | {row['n']} | " + " | ".join(cells(row, "base")) + " |")
+    for name, cmp in comparisons.items():
+        if name.endswith(" - base"):
+            for split, row in cmp["groups"].items():
+                lines.append(
+                    f"| {name.removesuffix(' - base')} | {split} | {row['n']} | "
+                    + " | ".join(cells(row, "student"))
+                    + " |"
+                )
+    lines += [
+        "",
+        "| comparison | split | n | success | progress | invalid | no Action line |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cmp in comparisons.items():
+        for split, row in cmp["groups"].items():
+            diffs = []
+            for metric in METRICS:
+                m = row.get(metric)
+                if not m:
+                    diffs.append("-")
+                    continue
+                lo, hi = m["delta_ci"]
+                star = "*" if m["real"] else ""
+                diffs.append(f"{100 * m['delta']:+.0f}{star} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+            lines.append(f"| {name} | {split} | {row['n']} | " + " | ".join(diffs) + " |")
+    lines += [
+        "",
+        "Percent; [95% interval]; differences are paired by episode (same evaluation episodes for every model), "
+        "pooled over seeds; * = the interval excludes 0. invalid = share of steps refused by the environment or "
+        "without an action.",
+    ]
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = run_study(args)
+    print(table(results))
+    print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
