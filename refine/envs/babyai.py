@@ -109,6 +109,8 @@ class BabyAIEnv:
         self.task = ""
         self.expert_plan: list[str] = []
         self._expert_queue: list[str] | None = None  # the rest of the expert's plan while the agent follows it
+        self.solve_limit: int | None = None  # bot steps planned at reset (None: 4 x max_steps + 50)
+        self.expert_solves = False  # whether the plan of the last reset reaches the mission
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -197,7 +199,9 @@ class BabyAIEnv:
         subgoals: list[tuple[Any, ...]] = []
         plan: list[str] = []
         start_room = self._room(sim)
-        for _ in range(4 * self.max_steps + 50):
+        self.expert_solves = False
+        limit = self.solve_limit if self.solve_limit is not None else 4 * self.max_steps + 50
+        for _ in range(limit):
             action = bot.replan()
             if action == sim.actions.done:
                 break
@@ -213,6 +217,7 @@ class BabyAIEnv:
             if room is not None and room != start_room and ("room", room) not in subgoals:
                 subgoals.append(("room", room))
             if terminated or truncated:
+                self.expert_solves = bool(terminated)
                 break
         return subgoals, plan
 
@@ -279,6 +284,8 @@ class BabyAIEnv:
                 "task": task,
                 "seed": seed,
                 "subgoals": len(self._subgoals) + 1,
+                "expert_steps": len(self.expert_plan),
+                "solvable": self.expert_solves and 0 < len(self.expert_plan) <= self.max_steps,
                 "valid_actions": self.actions,
             },
         )
