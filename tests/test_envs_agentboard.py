@@ -118,3 +118,14 @@ class TestPDDL:
         # Progress: fraction of goal facts that hold; success only when all do.
         goals = env._goal_literals()
         assert st.progress == sum(g in env._state.literals for g in goals) / len(goals) and not st.success
+
+    def test_gripper_wording_round_trip(self):
+        """Regression: building the AgentBoard text of a 2-argument 'move' evaluated the 3-argument forms too."""
+        pytest.importorskip("pddlgym")
+        env = make_env("pddl", suite="agentboard", tasks=["gripper"])
+        first = env.reset(seed=1)
+        moves = [a for a in first.info["valid_actions"] if a.startswith("move from ")]
+        assert moves and all(" to " in m for m in moves)
+        picks = [a for a in env.valid_actions() if a.startswith("pick ")]
+        st = env.step(picks[0])
+        assert not st.invalid and " is carried by " in st.observation

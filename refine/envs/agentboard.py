@@ -595,12 +595,10 @@ class AgentBoardPDDL(PDDLEnv):
                 "stack": f"stack {args[0]} on {args[1]}" if len(args) > 1 else f"stack {args[0]}",
                 "unstack": f"unstack {args[0]} from {on.get(args[0], '?')}",
             }.get(name, self.action_text(lit))
-        if self.task == "gripper":
-            return {
-                "move": f"move from {args[0]} to {args[1]}",
-                "pick": f"pick {args[0]} in {args[1]} with {args[2]}",
-                "drop": f"drop {args[0]} in {args[1]} with {args[2]}",
-            }.get(name, self.action_text(lit))
+        if self.task == "gripper" and name == "move" and len(args) == 2:
+            return f"move from {args[0]} to {args[1]}"
+        if self.task == "gripper" and name in ("pick", "drop") and len(args) == 3:
+            return f"{name} {args[0]} in {args[1]} with {args[2]}"
         return self.action_text(lit)
 
     def valid_actions(self) -> list[str]:
