@@ -298,8 +298,10 @@ def episode_records(run_dir: Path) -> list[dict[str, Any]]:
     """The episode records of an evaluation run directory (original action wording only)."""
     from refine.store import RunStore
 
-    with RunStore(run_dir, resume=True) as store:
-        return [r for r in store.records("episodes") if r.get("variant", "base") == "base"]
+    # Read-only: reopening with resume=True would mark the finished run "running" again, and the next quickstart
+    # would replay its evaluation instead of resuming it.
+    store = RunStore.open_existing(run_dir)
+    return [r for r in store.records("episodes") if r.get("variant", "base") == "base"]
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:

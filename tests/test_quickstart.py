@@ -110,3 +110,18 @@ def test_effects_skip_groups_without_common_episodes():
     base = [_episode("pddl", i, False, 4, 4, 4) for i in range(3)]
     student = [_episode("pddl", i + 10, False, 4, 1, 0) for i in range(3)]
     assert effects(base, student, ["pddl"])["groups"] == {}
+
+
+def test_reading_a_finished_eval_leaves_it_finished(tmp_path):
+    """Regression: episode_records reopened the eval run with resume=True, which marked it 'running' again, so every
+    resumed quickstart replayed both evaluations (test_quickstart_tiny_end_to_end saw 3 'already done', not 5)."""
+    from refine.quickstart import episode_records
+    from refine.store import RunStore
+
+    run = tmp_path / "eval_base"
+    with RunStore(run, {"envs": ["pddl"]}) as store:
+        store.append("episodes", {"env": "pddl", "variant": "base", "success": 1.0}, key="pddl:0")
+        store.append("episodes", {"env": "pddl", "variant": "reworded", "success": 0.0}, key="pddl:0:r")
+        store.finish()
+    assert [r["key"] for r in episode_records(run)] == ["pddl:0"]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
