@@ -19,6 +19,9 @@ __all__ = ["BUILTIN", "builtin_personas", "load_personas"]
 BUILTIN = "builtin"
 _KEYS = ("persona", "text")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A header cell: one identifier-like word (`name`, `age`, `user_id`). A first row made only of these, with no
+# 'persona'/'text' column, is a header naming other columns, not a persona.
+_HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,40}$")
 
 
 def builtin_personas() -> list[str]:
@@ -74,6 +77,12 @@ def _from_csv(path: Path) -> list[str]:
         return []
     header = [h.strip().lower() for h in rows[0]]
     col = next((header.index(k) for k in _KEYS if k in header), None)
+    cells = [c.strip() for c in rows[0]]
+    if col is None and cells and all(_HEADER_CELL.match(c) for c in cells):
+        raise ConfigError(
+            f"Persona file {path} has no 'persona' (or 'text') column (its header: {', '.join(cells)}). Name "
+            "the column that holds the persona text 'persona', or give a text file with one persona per line."
+        )
     body = rows[1:] if col is not None else rows
     col = col or 0
     return [r[col].strip() for r in body if len(r) > col and r[col].strip()]

@@ -21,7 +21,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -220,31 +219,11 @@ def check_lm(
         _probe(spec, flag, lm_options(api_base, api_key_env))
 
 
-_HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,40}$")
-
-
 def check_personas(spec: str) -> list[str]:
-    """Load the personas of `--personas` (`refine.personas.load_personas`), refusing a CSV whose header names no
-    'persona'/'text' column: its header row (`name,age`) would otherwise become a persona.
-
-    A headerless CSV still works (its first column), as long as its first row does not look like a header: every
-    cell a single identifier-like word.
-    """
+    """Load the personas of `--personas` before any work (`refine.personas.load_personas`, which refuses a CSV whose
+    header names no 'persona'/'text' column: its header row would otherwise become a persona)."""
     from refine.personas import load_personas
 
-    path = Path(spec)
-    if spec != "builtin" and path.suffix.lower() == ".csv" and path.is_file():
-        import csv
-
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            first = next((r for r in csv.reader(f) if any(c.strip() for c in r)), [])
-        cells = [c.strip() for c in first]
-        names = [c.lower() for c in cells]
-        if cells and "persona" not in names and "text" not in names and all(_HEADER_CELL.match(c) for c in cells):
-            raise ConfigError(
-                f"Persona file {path} has no 'persona' (or 'text') column (its header: {', '.join(cells)}). Name "
-                "the column that holds the persona text 'persona', or give a text file with one persona per line."
-            )
     return load_personas(spec)
 
 

@@ -145,6 +145,18 @@ def test_personas_csv_without_a_persona_column_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_load_personas_refuses_a_csv_header_without_a_persona_column(tmp_path):
+    """The check lives in the loader, so the Python API refuses it too; a headerless CSV loads its first column."""
+    from refine.personas import load_personas
+
+    (tmp_path / "people.csv").write_text("name,age\nAda,36\n")
+    header = r"people\.csv has no 'persona' \(or 'text'\) column \(its header: name, age\)"
+    with pytest.raises(ConfigError, match=header):
+        load_personas(tmp_path / "people.csv")
+    (tmp_path / "plain.csv").write_text("A retired sailor, 70,Lisbon\nA nurse on night shifts,Oslo\n")
+    assert load_personas(tmp_path / "plain.csv") == ["A retired sailor", "A nurse on night shifts"]
+
+
 def test_optimize_option_of_the_wrong_type_is_refused(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"task": "write a haiku"}\n')
     out = _refine(
