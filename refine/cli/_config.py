@@ -100,10 +100,21 @@ def _names(ctx: Any) -> dict[str, Any]:
     return {p.name: p for p in ctx.command.params if p.name not in _OWN and p.expose_value}
 
 
+def _aliases(params: dict[str, Any]) -> dict[str, str]:
+    """Long flag names as keys too (`show_masks` for `--show-masks`, whose parameter is `show`)."""
+    aliases: dict[str, str] = {}
+    for name, p in params.items():
+        for opt in getattr(p, "opts", ()):
+            if opt.startswith("--"):
+                aliases.setdefault(opt[2:].replace("-", "_"), name)
+    return aliases
+
+
 def _resolve(ctx: Any, config_file: Path | None, sets: list[str], given: dict[str, Any]) -> dict[str, Any]:
     from refine.errors import ConfigError
 
     params = _names(ctx)
+    aliases = _aliases(params)
     values = dict(given)
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
@@ -121,6 +132,7 @@ def _resolve(ctx: Any, config_file: Path | None, sets: list[str], given: dict[st
     for where, layer in layers:
         for raw_key, value in layer.items():
             key = str(raw_key).replace("-", "_")
+            key = key if key in params else aliases.get(key, key)
             if key not in params:
                 near = difflib.get_close_matches(key, list(params), n=1, cutoff=0.6)
                 hint = f"did you mean {near[0]!r}? " if near else ""

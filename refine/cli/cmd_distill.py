@@ -47,10 +47,11 @@ def register(app: typer.Typer) -> None:
     @app.command("distill")
     @configurable
     def distill_cmd(
-        data: str = typer.Argument(
-            ...,
+        data: str | None = typer.Argument(
+            None,
+            show_default=False,
             help="Run directory, any `refine export` output, a published set (AgentRefine, AgentGym, AgentInstruct, "
-            "Agent-FLAN: file or folder) or hf:owner/name.",
+            "Agent-FLAN: file or folder) or hf:owner/name. Required: here or as `data` in --config.",
         ),
         out: str | None = typer.Option(None, "--out", "-o", help="Output folder of the student checkpoint."),
         base: str | None = typer.Option(
@@ -89,6 +90,11 @@ def register(app: typer.Typer) -> None:
         from refine.distill.config import ABLATIONS
         from refine.errors import ConfigError
 
+        if data is None:
+            raise ConfigError(
+                "Pass DATA (a run directory, an export or hf:owner/name): `refine distill DATA --out DIR`, "
+                "or `data = \"...\"` in the [distill] table of --config."
+            )
         if ablation not in ABLATIONS:
             raise ConfigError(f"--ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
         pf_values = {"auto": "auto", "on": True, "off": False}
