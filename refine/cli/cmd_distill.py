@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if data is None:
             raise ConfigError(
                 "Pass DATA (a run directory, an export or hf:owner/name): `refine distill DATA --out DIR`, "
-                "or `data = \"...\"` in the [distill] table of --config."
+                'or `data = "..."` in the [distill] table of --config.'
             )
         if ablation not in ABLATIONS:
             raise ConfigError(f"--ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
