@@ -1,0 +1,114 @@
+"""One evaluation episode: an agent plays a text environment for at most `max_steps` steps, and the record of it
+(success, best progress, invalid and repeated steps, tokens, the trajectory). Re-exported by `refine.eval`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from refine.errors import RefineError
+
+__all__ = ["run_episode"]
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def run_episode(
+    agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int, ready: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Play one episode; returns its record (never raises for agent or environment failures: they are recorded).
+
+    `ready`, if given, is called once the environment is reset and the agent started, right before its first action.
+    """
+    from refine.programs.agent import describe_actions
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "env": spec["env"],
+        "variant": spec.get("variant", "base"),
+        "index": spec.get("index", 0),
+        "seed": spec.get("seed"),
+        "task": None,
+        "instruction": "",
+        "success": False,
+        "progress": 0.0,
+        "steps": 0,
+        "invalid_steps": 0,
+        "repeated_steps": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "error": None,
+        "initial_observation": "",
+        "trajectory": [],
+    }
+    try:
+        first = env.reset(seed=spec.get("seed"))
+    except RefineError as exc:
+        record["error"] = f"reset failed: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    except Exception as exc:  # third-party environment failure
+        record["error"] = f"reset failed: {type(exc).__name__}: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    record["task"] = getattr(env, "task", None) or first.info.get("task")
+    record["instruction"] = first.instruction
+    record["initial_observation"] = first.observation
+    actions = describe_actions(first.available_actions, first.info.get("action_descriptions"))
+    try:
+        start_with_env = getattr(agent, "start_with_env", None)  # reference agents (expert, random) read the env
+        if callable(start_with_env):
+            session = start_with_env(env, first)
+        else:
+            session = agent.start(first.instruction, getattr(env, "description", ""), actions)
+    except Exception as exc:  # a broken agent is a recorded failure of this episode
+        record["error"] = f"agent failed to start: {type(exc).__name__}: {exc}"
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        return record
+    if ready is not None:
+        ready()
+    observation = first.observation
+    best = 0.0
+    prev_action: str | None = None
+    prev_feedback: str | None = None
+    for t in range(max_steps):
+        act = session.act(observation)
+        record["prompt_tokens"] += act.prompt_tokens
+        record["completion_tokens"] += act.completion_tokens
+        step: dict[str, Any] = {"t": t, "observation": observation, "thought": act.thought, "action": act.action}
+        done = False
+        if act.action is None:
+            feedback = (
+                f"Your reply could not be used ({act.error}). Answer with one line 'Thought: ...' and one line "
+                "'Action: <one action>'."
+            )
+            step.update(invalid=True, reason=act.error, raw=act.raw[:2000])
+        else:
+            try:
+                result = env.step(act.action)
+            except Exception as exc:  # an environment crash ends the episode, recorded
+                record["error"] = f"step failed: {type(exc).__name__}: {exc}"
+                step.update(invalid=True, reason=record["error"], feedback="", progress=best, repeated=False)
+                record["trajectory"].append(step)
+                break
+            feedback = result.observation
+            best = max(best, float(result.progress))
+            done = bool(result.done)
+            record["success"] = record["success"] or bool(result.success)
+            step.update(invalid=bool(result.invalid))
+        repeated = _same(act.action, prev_action) and _same(feedback, prev_feedback)
+        step.update(feedback=feedback, progress=best, repeated=repeated, done=done)
+        record["trajectory"].append(step)
+        record["invalid_steps"] += int(step["invalid"])
+        record["repeated_steps"] += int(repeated)
+        prev_action, prev_feedback = act.action, feedback
+        observation = feedback
+        if done:
+            break
+    record["steps"] = len(record["trajectory"])
+    record["progress"] = 1.0 if record["success"] else best
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    return record
