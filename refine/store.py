@@ -33,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from refine.errors import RunStoreError
+from refine.redaction import redact, register_config_secrets, register_secret, scrub_secrets, secret_values
 
-__all__ = ["MAX_FIELD_CHARS", "RunStore", "package_versions", "redact", "register_secret", "scrub_secrets"]
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "RunStore",
+    "ShardStore",
+    "package_versions",
+    "redact",
+    "register_secret",
+    "scrub_secrets",
+]
 
-# Whole name parts only: `max_tokens` / `prompt_tokens` are settings and usage counts, not secrets.
-_SECRET_KEY = re.compile(
-    r"(^|[_-])(api[_-]?key|(secret|access|private)[_-]?key|secret|token|password|passwd|passphrase|auth"
-    r"|authorization|bearer|credentials?)$",
-    re.I,
-)
-_SECRET_ENV = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
 _MANIFEST_IGNORED_ON_RESUME = (
     *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
@@ -55,15 +57,6 @@ _MAX_RECORD_BYTES = 32 * 2**20
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # Files of a run directory that are no user's data: a killed start may leave these before its manifest.
 _RUN_ONLY = re.compile(r"^(\.lock(\..+)?|\.manifest\..*\.tmp|lm_cache)$")
-_REGISTERED: set[str] = set()
-_REGISTERED_LOCK = threading.Lock()
-
-
-def register_secret(value: Any) -> None:
-    """Scrub `value` (an API key given in code or config, not only in the environment) from every record and log."""
-    if isinstance(value, str) and len(value) >= 8:
-        with _REGISTERED_LOCK:
-            _REGISTERED.add(value)
 
 
 def _now() -> str:
@@ -80,36 +73,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _secret_values() -> list[str]:
-    return sorted(
-        (v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= 8), key=len, reverse=True
-    )
-
-
-def scrub_secrets(text: str, secrets: list[str] | None = None) -> str:
-    """Replace every secret found in `text`: values of secret-looking environment variables (…KEY, …TOKEN, …SECRET)
-    and every value passed to `register_secret` (keys given in code or config)."""
-    with _REGISTERED_LOCK:
-        registered = list(_REGISTERED)
-    for s in sorted({*(_secret_values() if secrets is None else secrets), *registered}, key=len, reverse=True):
-        if s in text:
-            text = text.replace(s, "***")
-    return text
-
-
-def _register_config_secrets(obj: Any) -> None:
-    """Register the values under secret-looking keys of a config (they are redacted there, and scrubbed elsewhere)."""
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if _SECRET_KEY.search(str(k)) and isinstance(v, str):
-                register_secret(v)
-            else:
-                _register_config_secrets(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _register_config_secrets(v)
-
-
 def _cap_strings(obj: Any, limit: int, path: str, cut: list[str]) -> Any:
     if isinstance(obj, str):
         if len(obj) > limit:
@@ -120,15 +83,6 @@ def _cap_strings(obj: Any, limit: int, path: str, cut: list[str]) -> Any:
         return {k: _cap_strings(v, limit, f"{path}.{k}" if path else str(k), cut) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_cap_strings(v, limit, f"{path}[{i}]", cut) for i, v in enumerate(obj)]
-    return obj
-
-
-def redact(obj: Any) -> Any:
-    """A copy of a JSON-like config with secret-looking keys (api_key, token, ...) replaced by '***'."""
-    if isinstance(obj, Mapping):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [redact(v) for v in obj]
     return obj
 
 
@@ -153,7 +107,7 @@ def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
         raise RunStoreError(
             f"RunStore config must be a dict, a dataclass or a pydantic model, got {type(config).__name__}."
         )
-    _register_config_secrets(config)
+    register_config_secrets(config)
     text = _SURROGATES.sub("\ufffd", json.dumps(redact(dict(config)), default=str, ensure_ascii=False))
     normalized: dict[str, Any] = json.loads(scrub_secrets(text, secrets))
     return normalized
@@ -189,7 +143,7 @@ class RunStore:
         self._listed: set[str] | None = None  # files the manifest lists (None: a run written before the list)
         self.shard = shard
         self._lock = threading.Lock()
-        self._secrets = _secret_values()
+        self._secrets = secret_values()
         self._keys: set[str] = set()
         self._offsets: dict[Path, int] = {}  # bytes of each file already indexed (complete lines only)
         self._fds: dict[str, int] = {}
@@ -494,7 +448,7 @@ class RunStore:
         listed = store.manifest.get("files")
         store._listed = set(listed) if isinstance(listed, list) else None
         store._lock = threading.Lock()
-        store._secrets = _secret_values()
+        store._secrets = secret_values()
         store._keys = set()
         store._fds = {}
         store._lockfile = None
@@ -503,3 +457,34 @@ class RunStore:
                 if "key" in rec:
                     store._keys.add(rec["key"])
         return store
+
+
+class ShardStore(RunStore):
+    """A Ray worker's shard store, kept across the tasks of one worker process.
+
+    Before each task it calls `refresh()`, which reads only what was appended since (`RunStore` keeps per-file
+    offsets), so a retried task sees what a dead attempt wrote without re-reading the whole run.
+    """
+
+    def __init__(self, path: str, shard: str) -> None:
+        if not (Path(path) / "manifest.json").exists():
+            import socket
+
+            # Without this check the worker would start a new, private run on its own disk: silently lost work.
+            raise RunStoreError(
+                f"The run directory {path} is not visible on Ray node {socket.gethostname()}. With a multi-node "
+                "cluster put --out on a file system that every node mounts at the same path (NFS, Lustre, EFS)."
+            )
+        super().__init__(path, shard=shard)  # indexes every file; later `refresh()` calls read only new bytes
+
+    def stale(self) -> bool:
+        """True when the run directory was deleted (and maybe made again) since this store opened it.
+
+        The store holds its shard's lock file open; once the directory is gone that file has no links left (a
+        check on inode numbers would not do: a new directory often gets the old inode back).
+        """
+        f = self._lockfile
+        try:
+            return f is None or os.fstat(f.fileno()).st_nlink == 0
+        except (OSError, ValueError):
+            return True

@@ -313,12 +313,12 @@ class TestShardStore:
     """The Ray worker's store: other processes' keys are picked up incrementally, torn lines only once complete."""
 
     def test_refresh_sees_new_keys_from_other_writers(self, tmp_path):
-        from refine.executor import _ShardStore
+        from refine.store import ShardStore
 
         run = tmp_path / "run"
         parent = RunStore(run, config={})
         parent.append("accepted", {}, key="before")
-        shard = _ShardStore(str(run), "w1")
+        shard = ShardStore(str(run), "w1")
         assert shard.has("before")
         other = RunStore(run, shard="w2")
         other.append("accepted", {}, key="later")
@@ -332,11 +332,11 @@ class TestShardStore:
             s.close()
 
     def test_torn_line_is_read_once_complete(self, tmp_path):
-        from refine.executor import _ShardStore
+        from refine.store import ShardStore
 
         run = tmp_path / "run"
         RunStore(run, config={}).close()
-        shard = _ShardStore(str(run), "w1")
+        shard = ShardStore(str(run), "w1")
         dead = run / "accepted.w9.jsonl"
         line = json.dumps({"key": "slow"}).encode() + b"\n"
         dead.write_bytes(line[:5])
@@ -348,17 +348,17 @@ class TestShardStore:
         shard.close()
 
     def test_a_run_directory_missing_on_a_worker_node_is_an_error(self, tmp_path):
-        from refine.executor import _ShardStore
+        from refine.store import ShardStore
 
         with pytest.raises(RunStoreError, match=r"is not visible on Ray node .*mounts at the same path"):
-            _ShardStore(str(tmp_path / "elsewhere"), "w1")
+            ShardStore(str(tmp_path / "elsewhere"), "w1")
         assert not (tmp_path / "elsewhere").exists()
 
     def test_a_worker_reopens_a_run_directory_that_was_made_again(self, tmp_path, monkeypatch):
         import shutil
         import types
 
-        import refine.executor as ex
+        import refine.executor.ray_runner as ex
 
         fake_ray = types.SimpleNamespace(
             get_runtime_context=lambda: types.SimpleNamespace(get_worker_id=lambda: "abcdef0123456789ffff")
