@@ -49,9 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--student", default="embedded", help="Base student: embedded or local/DIR.")
     ap.add_argument("--episodes", type=int, default=6, help="On-policy synthesis episodes per held-in env and seed.")
     ap.add_argument("--steps", type=int, default=30, help="Distillation steps per run.")
+    ap.add_argument("--batch", type=int, default=1, help="Trajectories per distillation step.")
+    ap.add_argument("--lr", type=float, default=None, help="Distillation learning rate (default 1e-4; LoRA 5e-4).")
     ap.add_argument("--lora", action="store_true", help="Train LoRA adapters (merged) instead of all weights.")
     ap.add_argument("--synth-max-steps", type=int, default=20)
     ap.add_argument("--eval-episodes", type=int, default=4, help="Evaluation episodes per environment and split.")
+    ap.add_argument(
+        "--heldout-episodes", type=int, default=None, help="Episodes per held-out env (default --eval-episodes)."
+    )
+    ap.add_argument(
+        "--unseen-episodes", type=int, default=None, help="Episodes per unseen env (default --eval-episodes)."
+    )
     ap.add_argument("--eval-max-steps", type=int, default=8)
     ap.add_argument("--eval-seed", type=int, default=0, help="Evaluation episodes (the same for every model).")
     ap.add_argument("--train-envs", default="babyai,pddl")
@@ -61,10 +69,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="pddl:gripper",
         help="ENV:TASK,... unseen tasks/domains of trained families ('' for none).",
     )
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument(
+        "--part",
+        default="all",
+        choices=("all", "base", "students"),
+        help="Run only the base model's evaluation or only the students (e.g. one process per seed on a GPU box); "
+        "a final run with the default 'all' finds every stage done and writes the comparisons.",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Run nothing: compare the finished evaluation runs found under --out (e.g. a study cut short, or one "
+        "copied back from a GPU box without its weights).",
+    )
+    ap.add_argument("--workers", type=int, default=8, help="Concurrent episodes (the engine batches their LM calls).")
     args = ap.parse_args(argv)
-    for name in ("episodes", "steps", "eval_episodes", "eval_max_steps", "workers", "synth_max_steps"):
+    for name in ("episodes", "steps", "batch", "eval_episodes", "eval_max_steps", "workers", "synth_max_steps"):
         if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    for name in ("heldout_episodes", "unseen_episodes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     args.train = [e for e in args.train_envs.split(",") if e]
     args.heldout = [e for e in args.heldout_envs.split(",") if e]
@@ -74,7 +98,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not sep or not task:
             raise ConfigError(f"--unseen takes ENV:TASK items (e.g. pddl:gripper), got {item!r}.")
         args.unseen_tasks.setdefault(env, []).append(task)
+    args.env_options = _held_in_options(args)
     return args
+
+
+def _held_in_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Held-in tasks of each trained env named in `--unseen`: its training tasks without the unseen ones, so that
+    those stay unseen (PDDL trains on blocks only already; BabyAI's unseen levels are taken out of its level list)."""
+    import importlib
+
+    from refine.quickstart import QuickstartConfig
+
+    options: dict[str, dict[str, Any]] = {}
+    for env, unseen in args.unseen_tasks.items():
+        if env not in args.train:
+            continue
+        tasks = QuickstartConfig().train_options(env).get("tasks")
+        if tasks is None:
+            module = importlib.import_module(f"refine.envs.{env}")
+            tasks = getattr(module, "DEFAULT_TASKS", None)
+        if tasks is None:
+            raise ConfigError(f"--unseen {env}:...: {env} has no task list to hold tasks out of.")
+        keep = [t for t in tasks if t not in unseen]
+        if not keep:
+            raise ConfigError(f"--unseen takes every {env} task ({', '.join(tasks)}); leave at least one to train on.")
+        options[env] = {"tasks": keep}
+    return options
 
 
 def _config(args: argparse.Namespace, seed: int) -> QuickstartConfig:
@@ -86,6 +135,9 @@ def _config(args: argparse.Namespace, seed: int) -> QuickstartConfig:
         heldout_envs=args.heldout,
         env_episodes=args.episodes,
         distill_steps=args.steps,
+        distill_batch=args.batch,
+        distill_lr=args.lr,
+        env_options=args.env_options,
         eval_episodes=args.eval_episodes,
         eval_max_steps=args.eval_max_steps,
         synth_max_steps=args.synth_max_steps,
@@ -100,24 +152,43 @@ def _finished(path: Path) -> bool:
 
 
 def _evaluate(args: argparse.Namespace, cfg: QuickstartConfig, model: str, out: Path, run: Any) -> list[dict]:
-    """Held-in + held-out (one run directory) and unseen (another); records tagged with their split and run."""
+    """Held-in, held-out and unseen splits, one run directory each; records tagged with their split and run.
+
+    Held-out envs get `--heldout-episodes` (PDDL has only 5 blocks and 10 gripper test problems: more episodes would
+    replay the same problems, and greedy decoding the same episodes, counting them twice)."""
     records: list[dict[str, Any]] = []
-    main = out / "eval"
-    if not _finished(main):
-        evaluate_model(cfg, model, main, seed=args.eval_seed)
-    records += episode_records(main)
+    held_in = out / "eval"
+    if not _finished(held_in) and not args.report_only:
+        evaluate_model(cfg, model, held_in, envs=list(args.train), seed=args.eval_seed)
+    if _finished(held_in):
+        records += episode_records(held_in)
+    if args.heldout:
+        held_out = out / "eval_heldout"
+        if not _finished(held_out) and not args.report_only:
+            n = args.heldout_episodes or args.eval_episodes
+            evaluate_model(
+                cfg.model_copy(update={"eval_episodes": n}),
+                model,
+                held_out,
+                envs=list(args.heldout),
+                env_options={},
+                seed=args.eval_seed,
+            )
+        if _finished(held_out):
+            records += episode_records(held_out)
     if args.unseen_tasks:
         unseen = out / "eval_unseen"
-        if not _finished(unseen):
+        if not _finished(unseen) and not args.report_only:
             evaluate_model(
-                cfg,
+                cfg.model_copy(update={"eval_episodes": args.unseen_episodes or args.eval_episodes}),
                 model,
                 unseen,
                 envs=list(args.unseen_tasks),
                 env_options={env: {"tasks": tasks} for env, tasks in args.unseen_tasks.items()},
                 seed=args.eval_seed,
             )
-        records += [{**r, "env": f"{r['env']}:unseen"} for r in episode_records(unseen)]
+        if _finished(unseen):
+            records += [{**r, "env": f"{r['env']}:unseen"} for r in episode_records(unseen)]
     return [{**r, "run": run} for r in records]
 
 
@@ -131,22 +202,34 @@ def run_study(args: argparse.Namespace, say: Any = print) -> dict[str, Any]:
     }
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "groups": groups, "runs": []}
     base_cfg = _config(args, args.seeds[0])
-    say("base: evaluating")
-    base_records = _evaluate(args, base_cfg, args.student, args.out / "base", None)
+    base_records: list[dict[str, Any]] = []
+    if args.part in ("all", "base"):
+        say("base: evaluating")
+        base_records = _evaluate(args, base_cfg, args.student, args.out / "base", None)
     records: dict[str, list[dict[str, Any]]] = {a: [] for a in args.ablations}
-    for seed in args.seeds:
+    for seed in args.seeds if args.part != "base" else []:
         cfg = _config(args, seed)
         data = cfg.out / "synth_env"
-        if not _finished(data):
+        if _finished(data):
+            synth = {"resumed": True, **json.loads((data / "manifest.json").read_text()).get("totals", {})}
+        elif args.report_only:
+            continue
+        else:
             say(f"seed {seed}: on-policy synthesis")
-        synth = synthesize_env(cfg, data) if not _finished(data) else {"resumed": True}
+            synth = synthesize_env(cfg, data)
         for ablation in args.ablations:
             student = cfg.out / f"student_{ablation}"
+            summary = cfg.out / f"distill_{ablation}.json"
+            if args.report_only and not (student / "config.json").exists():
+                continue
             if (student / "config.json").exists():
                 dist: dict[str, Any] = {"resumed": True}
+                if summary.exists():
+                    dist.update(json.loads(summary.read_text()))
             else:
                 say(f"seed {seed}: distilling ({ablation})")
                 dist = distill_rows(cfg, [data], student, ablation=ablation)
+                summary.write_text(json.dumps(dist, default=str))
             if not (student / "config.json").exists():
                 results["runs"].append({"seed": seed, "ablation": ablation, "synth": synth, "distill": dist})
                 continue
@@ -154,8 +237,12 @@ def run_study(args: argparse.Namespace, say: Any = print) -> dict[str, Any]:
             recs = _evaluate(args, cfg, f"local/{student}", cfg.out / f"eval_{ablation}", seed)
             records[ablation] += recs
             results["runs"].append({"seed": seed, "ablation": ablation, "synth": synth, "distill": dist})
+    if args.part != "all":  # one part of a study split over processes: the last `--part all` run compares
+        return results
     # The base model is one model: pair it with every seed's student by replaying its records under each run tag.
     base_by_run = [{**r, "run": seed} for seed in args.seeds for r in base_records]
+    # Its own rates come from its distinct episodes (the replayed copies would narrow its intervals by sqrt(seeds)).
+    results["base"] = effects(base_records, base_records, args.train, groups)
     comparisons: dict[str, Any] = {}
     for ablation, recs in records.items():
         if recs:
@@ -167,6 +254,7 @@ def run_study(args: argparse.Namespace, say: Any = print) -> dict[str, Any]:
     results["comparisons"] = comparisons
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (args.out / "results.md").write_text(table(results))
+    plot(results, args.out / "results.png")
     return results
 
 
@@ -198,7 +286,7 @@ def table(results: dict[str, Any]) -> str:
         return out
 
     comparisons = results.get("comparisons", {})
-    base_rows = next((c for name, c in comparisons.items() if name.endswith(" - base")), None)
+    base_rows = results.get("base") or next((c for name, c in comparisons.items() if name.endswith(" - base")), None)
     if base_rows:
         for split, row in base_rows["groups"].items():
             lines.append(f"| base | {split} | {row['n']} | " + " | ".join(cells(row, "base")) + " |")
@@ -234,6 +322,50 @@ def table(results: dict[str, Any]) -> str:
         "without an action.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path | None:
+    """One panel per split: success and no-`Action:`-line rate of the base model and each ablation, with their 95%
+    intervals. Returns the PNG's path (None without matplotlib or results)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    comparisons = {k.removesuffix(" - base"): v for k, v in results.get("comparisons", {}).items() if " - base" in k}
+    base = results.get("base") or next(iter(comparisons.values()), None)
+    if not base:
+        return None
+    splits = list(base["groups"])
+    models = ["base", *comparisons]
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        for j, (metric, label) in enumerate((("success", "success"), ("format_fail", "no Action line"))):
+            xs, ys, errs = [], [], [[], []]
+            for i, model in enumerate(models):
+                row = (base if model == "base" else comparisons[model])["groups"].get(split, {})
+                m = row.get(metric)
+                if not m:
+                    continue
+                side = "base" if model == "base" else "student"
+                value, (lo, hi) = 100 * m[side], (100 * m[side + "_ci"][0], 100 * m[side + "_ci"][1])
+                xs.append(i + (j - 0.5) * 0.35)
+                ys.append(value)
+                errs[0].append(max(0.0, value - lo))
+                errs[1].append(max(0.0, hi - value))
+            ax.bar(xs, ys, width=0.35, yerr=errs, capsize=3, label=label, color=("tab:green", "tab:red")[j])
+        n = base["groups"][split]["n"]
+        ax.set_title(f"{split} ({', '.join(base['groups'][split]['envs'])}; n={n} episodes)", fontsize=9)
+        ax.set_xticks(range(len(models)), models, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("% (95% interval)")
+    axes[0][0].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "QuickstartConfig",
     "distill_rows",
     "effects",
+    "env_items",
     "episode_records",
     "evaluate_model",
     "render_effects",
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 Preset = Literal["tiny", "small", "medium", "large"]
 
-# Sizes per preset. "small" is the default and targets < 20 minutes on 2 CPU cores; "tiny" is what CI runs.
+# Sizes per preset. "small" is the default and targets <= 15 minutes on 2 CPU cores; "tiny" is what CI runs.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "personas": 1,
@@ -53,15 +54,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "synth_max_steps": 16,
         "max_attempts": 1,
     },
+    # Sized by measurement (benchmarks/RESULTS.md, issue 19): on 2 cores evaluation costs ~4 s per reply of the base
+    # model, so 4 episodes x 4 envs of 3 steps (n = 8 paired episodes per group, enough for the format effect) keep
+    # the whole run under 15 minutes; 8-step episodes took 11 min per model.
     "small": {
-        "personas": 2,
-        "env_episodes": 6,
-        "distill_steps": 20,
+        "personas": 1,
+        "env_episodes": 4,
+        "distill_steps": 16,
         "distill_batch": 1,
-        "eval_episodes": 5,
-        "eval_max_steps": 8,
+        "eval_episodes": 4,
+        "eval_max_steps": 3,
         "synth_max_steps": 14,
-        "max_attempts": 2,
+        "max_attempts": 1,
     },
     "medium": {
         "personas": 16,
@@ -110,6 +114,16 @@ class QuickstartConfig(BaseModel):
     eval_max_steps: int | None = None
     synth_max_steps: int | None = None
     max_attempts: int | None = None
+    env_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Options per held-in env for its training data and held-in evaluation, over the defaults "
+        "(PDDL: blocks only), e.g. {'babyai': {'tasks': ['GoToObj']}} to keep other levels unseen.",
+    )
+    distill_lr: float | None = Field(None, gt=0, description="Distillation learning rate (default 1e-4; LoRA 5e-4).")
+
+    def train_options(self, env: str) -> dict[str, Any]:
+        """Options of held-in env `env` for on-policy data and held-in evaluation (defaults, then `env_options`)."""
+        return {**_TRAIN_ENV_OPTIONS.get(env, {}), **self.env_options.get(env, {})}
 
     def size(self, key: str) -> int:
         value = getattr(self, key)
@@ -150,6 +164,22 @@ def _env_factory(name: str, split: str, options: dict[str, Any]) -> Callable[[],
 _TRAIN_ENV_OPTIONS: dict[str, dict[str, Any]] = {"pddl": {"tasks": ["blocks"]}}
 
 
+def env_items(cfg: QuickstartConfig) -> list[dict[str, Any]]:
+    """The on-policy episodes of `cfg`: seed s plays train episodes s*n .. s*n+n-1 of each held-in env, so runs of
+    different seeds train on disjoint episodes (n = env_episodes).
+
+    Example:
+        >>> [i["key"] for i in env_items(QuickstartConfig(seed=2, env_episodes=2, train_envs=["pddl"]))]
+        ['pddl-4', 'pddl-5']
+    """
+    n = cfg.size("env_episodes")
+    return [
+        {"key": f"{env}-{cfg.seed * n + i}", "env": env, "seed": cfg.seed * n + i}
+        for env in cfg.train_envs
+        for i in range(n)
+    ]
+
+
 def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes."""
     import dspy
@@ -163,17 +193,13 @@ def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     adapter = default_adapter(student)
     programs = {
         env: InteractiveRefine(
-            env=_env_factory(env, "train", _TRAIN_ENV_OPTIONS.get(env, {})),
+            env=_env_factory(env, "train", cfg.train_options(env)),
             refiner="env",
             max_steps=cfg.size("synth_max_steps"),
         )
         for env in cfg.train_envs
     }
-    items = [
-        {"key": f"{env}-{cfg.seed + i}", "env": env, "seed": cfg.seed + i}
-        for env in cfg.train_envs
-        for i in range(cfg.size("env_episodes"))
-    ]
+    items = env_items(cfg)
 
     def work(item: dict[str, Any]) -> list[Emit]:
         with dspy.context(lm=student, adapter=adapter, track_usage=True):
@@ -227,7 +253,8 @@ def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation
         max_length=1024,
         gradient_checkpointing=False,
         # 20 full steps on 2 cores: a rate high enough that the chat format and the envs' action forms are learned.
-        learning_rate=1e-4 if not cfg.lora else 5e-4,
+        learning_rate=cfg.distill_lr or (1e-4 if not cfg.lora else 5e-4),
+        seed=cfg.seed,  # the training order (and LoRA init) follow the run's seed, like its data
     )
     result = distill(rows, dc, source=", ".join(str(s) for s in sources))
     return {
@@ -262,10 +289,8 @@ def evaluate_model(
         seed=cfg.seed if seed is None else seed,
         max_steps=cfg.size("eval_max_steps"),
         workers=cfg.workers,
-        held_in=cfg.train_envs,
-        env_options=env_options
-        if env_options is not None
-        else {env: dict(_TRAIN_ENV_OPTIONS.get(env, {})) for env in cfg.train_envs},
+        held_in=[e for e in cfg.train_envs if e in (envs or cfg.train_envs)],
+        env_options=env_options if env_options is not None else {env: cfg.train_options(env) for env in cfg.train_envs},
         agent="chat",
         model=model,
     )

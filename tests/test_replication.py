@@ -27,6 +27,31 @@ def test_bad_flags_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="--steps must be >= 1, got 0"):
         study.parse_args(["--steps", "0"])
     assert study.main(["--eval-episodes", "0"]) == 2
+    with pytest.raises(ConfigError, match="--batch must be >= 1, got 0"):
+        study.parse_args(["--batch", "0"])
+
+
+def test_unseen_levels_of_a_trained_env_leave_its_training_tasks():
+    from refine.envs.babyai import DEFAULT_TASKS
+
+    study = _study()
+    args = study.parse_args(["--train-envs", "babyai,pddl", "--unseen", "babyai:PutNextLocal,babyai:UnlockLocal"])
+    kept = args.env_options["babyai"]["tasks"]
+    assert kept == [t for t in DEFAULT_TASKS if t not in ("PutNextLocal", "UnlockLocal")] and len(kept) == 7
+    cfg = study._config(args, 1)
+    assert cfg.train_options("babyai") == {"tasks": kept}
+    # Seeds train on disjoint on-policy episodes (seed + i once gave seeds 0-2 62 of 64 episodes in common).
+    from refine.quickstart import env_items
+
+    seeds = [{i["seed"] for i in env_items(study._config(args, s)) if i["env"] == "babyai"} for s in (0, 1, 2)]
+    assert all(len(x) == args.episodes for x in seeds) and not (seeds[0] & seeds[1] or seeds[1] & seeds[2])
+    assert cfg.train_options("pddl") == {"tasks": ["blocks"]}  # PDDL's training default is untouched
+    # An unseen PDDL domain is already out of PDDL's training tasks (blocks); an env not trained on adds nothing.
+    args = study.parse_args(["--train-envs", "pddl", "--unseen", "pddl:gripper,babyai:GoToObj"])
+    assert args.env_options == {"pddl": {"tasks": ["blocks"]}}
+    every = ",".join(f"babyai:{t}" for t in DEFAULT_TASKS)
+    with pytest.raises(ConfigError, match="--unseen takes every babyai task"):
+        study.parse_args(["--train-envs", "babyai", "--unseen", every])
 
 
 @pytest.mark.slow
@@ -42,7 +67,15 @@ def test_replication_tiny_end_to_end_and_resume(tmp_path, capsys):
             "--eval-episodes", "1", "--eval-max-steps", "2", "--train-envs", "pddl", "--heldout-envs", "babyai",
             "--unseen", "pddl:gripper", "--synth-max-steps", "16", "--workers", "2"]  # fmt: skip
     study = _study()
+    # Split over processes (as on a GPU box): the base model alone, then the students alone, then the whole
+    # study, which finds every stage done and only compares.
+    assert study.main([*argv, "--part", "base"]) == 0
+    assert (out / "base" / "eval_heldout" / "episodes.jsonl").exists() and not (out / "seed0").exists()
+    assert study.main([*argv, "--part", "students"]) == 0
+    assert (out / "seed0" / "eval_masked" / "eval_unseen").is_dir() and not (out / "results.json").exists()
+    capsys.readouterr()
     assert study.main(argv) == 0
+    assert "distilling" not in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert set(results["comparisons"]) == {
         "masked - base", "trained - base", "no-refine - base", "masked - trained", "masked - no-refine",
@@ -57,6 +90,9 @@ def test_replication_tiny_end_to_end_and_resume(tmp_path, capsys):
     unseen = [json.loads(x) for x in (out / "base" / "eval_unseen" / "episodes.jsonl").read_text().splitlines()]
     assert unseen and all(r["env"] == "pddl" and "gripper" in str(r["task"]) for r in unseen)
     assert [r["ablation"] for r in results["runs"]] == ["masked", "trained", "no-refine"]
+    assert all(r["distill"]["resumed"] and "rows" in r["distill"] for r in results["runs"])  # kept from the first run
+    assert results["base"]["groups"]["held_in"]["n"] == 1  # the base model's own episodes, not one copy per seed
+    assert (out / "results.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "| base | held_in | 1 |" in md and "| masked - no-refine | unseen | 1 |" in md
     # Rerun: every stage is found done, nothing is trained or played again.
