@@ -44,6 +44,12 @@ class EvalConfig(BaseModel):
     decoding: dict[str, Any] = Field(
         default_factory=dict, description="The agent's decoding settings (recorded in the summary), e.g. temperature."
     )
+    episode_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one episode may take in all (a guard against servers that trickle bytes); an episode "
+        "past it is abandoned and left pending for resume. None: no deadline.",
+    )
 
     @field_validator("envs", "held_in")
     @classmethod
@@ -115,7 +121,9 @@ def check_config(config: EvalConfig, agent: Any = None) -> None:
     """Validate every environment name and option of `config` before anything is played (ConfigError, one line)."""
     from refine.envs import check_env
     from refine.errors import EnvError
+    from refine.preflight import check_env_names
 
+    check_env_names(config.envs, config.suite)  # a near-miss name gets "did you mean"
     unknown = set(config.env_options) - set(config.envs)
     if unknown:
         raise ConfigError(f"Options given for environments that are not evaluated: {sorted(unknown)}; see --envs.")

@@ -1,5 +1,10 @@
 """One evaluation episode: an agent plays a text environment for at most `max_steps` steps, and the record of it
-(success, best progress, invalid and repeated steps, tokens, the trajectory). Re-exported by `refine.eval`."""
+(success, best progress, invalid and repeated steps, tokens, the trajectory). Re-exported by `refine.eval`.
+
+An episode whose LM call failed (not a reply that could not be parsed, but the call itself: a dead server, a
+timeout) on `LM_FAILURE_TURNS` turns in a row ends there with `lm_failed` set: it measured the server, not the
+agent, so `evaluate` keeps it out of the numbers and leaves it pending for `--resume`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,33 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from refine import interrupt
 from refine.errors import RefineError
 
-__all__ = ["run_episode"]
+__all__ = ["LM_FAILURE_TURNS", "lm_failure", "run_episode"]
+
+#: Consecutive turns whose LM call failed after which an episode ends as `lm_failed` (pending, not a result).
+LM_FAILURE_TURNS = 3
+_CONTENT_ERRORS = ("AdapterParseError", "LMOutputError", "Parse")
+
+
+def lm_failure(error: str | None) -> str | None:
+    """The LM error of a turn whose LM call failed (`ChatAgent`'s "lm error: ..." or a `ProgramAgent` turn's
+    exception other than a parse failure), without the prefix; None for a usable or merely unparseable reply.
+
+    >>> lm_failure("lm error: APIConnectionError: connection refused")
+    'APIConnectionError: connection refused'
+    >>> lm_failure("no 'Action:' line in the reply") is None
+    True
+    """
+    if not error:
+        return None
+    if error.startswith("lm error: "):
+        return error.removeprefix("lm error: ")
+    name = error.split(":", 1)[0]
+    if name.isidentifier() and name.endswith(("Error", "Exception", "Timeout")):
+        return None if any(c in name for c in _CONTENT_ERRORS) else error
+    return None
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -17,12 +46,24 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def run_episode(
-    agent: Any, env: Any, spec: Mapping[str, Any], max_steps: int, ready: Callable[[], None] | None = None
+    agent: Any,
+    env: Any,
+    spec: Mapping[str, Any],
+    max_steps: int,
+    ready: Callable[[], None] | None = None,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Play one episode; returns its record (never raises for agent or environment failures: they are recorded).
 
-    `ready`, if given, is called once the environment is reset and the agent started, right before its first action.
+    Args:
+        ready: called once the environment is reset and the agent started, right before its first action.
+        on_step: called after each step with `{"key", "t", "prompt_tokens", "completion_tokens"}` (that step's).
+        stop: polled before each step; when it returns True the episode is abandoned (`interrupt.Interrupted`).
+            Without it, a stop request (Ctrl-C, SIGTERM) abandons the episode the same way.
     """
+    stop = stop or interrupt.requested
     from refine.programs.agent import describe_actions
 
     started = time.perf_counter()
@@ -57,6 +98,9 @@ def run_episode(
     record["task"] = getattr(env, "task", None) or first.info.get("task")
     record["instruction"] = first.instruction
     record["initial_observation"] = first.observation
+    if "solvable" in first.info:  # the env's flag: its expert reaches the goal within the step bound
+        record["solvable"] = bool(first.info["solvable"])
+        record["expert_steps"] = first.info.get("expert_steps")
     actions = describe_actions(first.available_actions, first.info.get("action_descriptions"))
     try:
         start_with_env = getattr(agent, "start_with_env", None)  # reference agents (expert, random) read the env
@@ -74,7 +118,10 @@ def run_episode(
     best = 0.0
     prev_action: str | None = None
     prev_feedback: str | None = None
+    lm_errors: list[str] = []
     for t in range(max_steps):
+        if stop():
+            raise interrupt.Interrupted()
         act = session.act(observation)
         record["prompt_tokens"] += act.prompt_tokens
         record["completion_tokens"] += act.completion_tokens
@@ -106,6 +153,17 @@ def run_episode(
         record["repeated_steps"] += int(repeated)
         prev_action, prev_feedback = act.action, feedback
         observation = feedback
+        if on_step is not None:
+            on_step(
+                {"key": spec.get("key"), "t": t, "prompt_tokens": act.prompt_tokens,
+                 "completion_tokens": act.completion_tokens}
+            )  # fmt: skip
+        failure = lm_failure(act.error) if act.action is None else None
+        lm_errors = [*lm_errors, failure] if failure else []
+        if len(lm_errors) >= LM_FAILURE_TURNS:
+            record["error"] = f"the LM failed on {len(lm_errors)} turns in a row: {lm_errors[-1]}"[:500]
+            record["lm_failed"] = True
+            break
         if done:
             break
     record["steps"] = len(record["trajectory"])

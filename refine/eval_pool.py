@@ -1,18 +1,105 @@
-"""How `refine eval` plays its episodes: the start gate of the first wave, the pool of reusable environments, and
-the Ray work function. Used by `refine.eval.evaluate`."""
+"""How `refine eval` plays its episodes: the worker threads (which stop on Ctrl-C/SIGTERM), the per-episode
+deadline, the start gate of the first wave, the pool of reusable environments, and the Ray work function. Used by
+`refine.eval.evaluate`."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
+from refine import interrupt
 from refine.eval_config import EvalConfig, default_factory
 from refine.eval_episode import run_episode
 
 logger = logging.getLogger(__name__)
+
+
+def timeout_error(seconds: float) -> str:
+    """The error recorded for an episode abandoned at its deadline."""
+    return f"EpisodeTimeout: the episode ran past its deadline of {seconds:g} s (--episode-timeout)"
+
+
+def play_with_deadline(
+    episode: Callable[[Callable[[], bool]], dict[str, Any]], timeout: float | None, name: str = "refine-episode"
+) -> dict[str, Any] | None:
+    """`episode(stop)` within `timeout` seconds: its record, or None when the deadline passed.
+
+    The deadline bounds the episode's total time, which catches what no per-call timeout does (a server that trickles
+    one byte now and then). The episode runs in a daemon thread; at the deadline it is abandoned: `stop()` turns True,
+    so it ends at its next step, and whatever it returns is dropped. A stop request (Ctrl-C) abandons it the same way
+    and raises `interrupt.Interrupted` here at once.
+    """
+    if timeout is None:
+        return episode(interrupt.requested)
+    abandoned = threading.Event()
+    box: dict[str, Any] = {}
+
+    def stop() -> bool:
+        return abandoned.is_set() or interrupt.requested()
+
+    def run() -> None:
+        try:
+            box["record"] = episode(stop)
+        except BaseException as exc:  # handed to the waiting thread (or dropped with an abandoned episode)
+            box["error"] = exc
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True, name=name)
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while worker.is_alive():
+        if interrupt.requested():
+            abandoned.set()
+            raise interrupt.Interrupted()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            abandoned.set()
+            return None
+        worker.join(min(0.2, left))
+    if "error" in box:
+        raise box["error"]
+    return box["record"]
+
+
+def play_local(
+    todo: list[dict[str, Any]], play: Callable[[dict[str, Any]], Any], workers: int, on_stop: Callable[[], None]
+) -> None:
+    """Play `todo` in `workers` threads (each in a copy of the caller's context, so `dspy.context` reaches them).
+
+    On Ctrl-C/SIGTERM (`KeyboardInterrupt` in this, the main thread) nothing new starts, `on_stop()` runs (the start
+    gate lets its waiters go), the running episodes are abandoned at their next step (the in-process engine ends its
+    `generate()` at the next token), and once they returned the in-process engine is drained before re-raising.
+    """
+    it = iter(todo)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refine-eval") as pool:
+        running: set[Any] = set()
+        try:
+            while True:
+                # A bounded window instead of submitting everything: a stop request leaves nothing queued to finish.
+                for spec in it:
+                    running.add(pool.submit(contextvars.copy_context().run, play, spec))
+                    if len(running) >= workers * 2:
+                        break
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    fut.result()
+        except KeyboardInterrupt:
+            interrupt.request()
+            on_stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            interrupt.settle()  # the engine finishes its cut-short batch; later calls in this process run normally
+            raise
+        except BaseException:  # the run itself failed (it cannot write, ...): start none of the queued episodes
+            on_stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 class StartGate:
@@ -113,11 +200,20 @@ class _EpisodeWork:
             if self._pool is None:
                 self._agent = self.agent_factory()
                 self._pool = EnvPool(self.env_factory or default_factory(self.config, self._agent))
-        env = self._pool.acquire(spec["env"], spec["variant"])
-        try:
-            rec = run_episode(self._agent, env, spec, self.config.max_steps)
-        finally:
-            self._pool.release(spec["env"], spec["variant"], env)
+        from refine.errors import LMError
+
+        pool = self._pool
+
+        def episode(stop: Callable[[], bool]) -> dict[str, Any]:
+            env = pool.acquire(spec["env"], spec["variant"])
+            try:
+                return run_episode(self._agent, env, spec, self.config.max_steps, stop=stop)
+            finally:
+                pool.release(spec["env"], spec["variant"], env)
+
+        rec = play_with_deadline(episode, self.config.episode_timeout)
+        if rec is None or rec.get("lm_failed"):  # no result: the executor records the error, --resume replays it
+            raise LMError(timeout_error(self.config.episode_timeout or 0) if rec is None else rec["error"])
         rec["held_in"] = spec["env"] in set(self.config.held_in)
         rec["model"] = self.config.model or str(getattr(self._agent, "model", "") or "")
         return [Emit("episodes", spec["key"], rec)]
@@ -135,7 +231,9 @@ def play_on_ray(
     from refine.executor import run_items
 
     def progress(outcome: Any) -> None:
-        if on_episode is not None and outcome.status != "skipped":
+        if on_episode is not None and outcome.status == "failed":  # recorded in errors.jsonl, pending for resume
+            on_episode({"key": outcome.key, "error": outcome.error, "pending": True})
+        elif on_episode is not None and outcome.status != "skipped":
             on_episode({"key": outcome.key, **outcome.info})
 
     summary = run_items(

@@ -22,12 +22,21 @@ import json
 import logging
 import os
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from refine.errors import ConfigError, LMError
 
-__all__ = ["LM_SPEC_HELP", "check_lm", "check_personas", "lm_options", "parse_program_options"]
+__all__ = [
+    "LM_SPEC_HELP",
+    "check_env_names",
+    "check_lm",
+    "check_name",
+    "check_personas",
+    "lm_options",
+    "parse_program_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +226,44 @@ def check_lm(
     _check_key(spec, provider, flag, api_base, api_key_env)
     if probe and checks:
         _probe(spec, flag, lm_options(api_base, api_key_env))
+
+
+def check_name(value: str, choices: Sequence[str], what: str, flag: str, *, strict: bool = True) -> None:
+    """ConfigError (one line, "did you mean" for a near miss) unless `value` is one of `choices`.
+
+    With `strict=False` only a near miss fails: the value may be something else that is valid (`--agent` also takes
+    LM specs and factories).
+
+    >>> check_name("exprt", ["expert", "random"], "agent", "--agent")
+    Traceback (most recent call last):
+    ...
+    refine.errors.ConfigError: Unknown agent 'exprt' (--agent); did you mean 'expert'? Use one of: expert, random.
+    """
+    if value in choices:
+        return
+    near = _did_you_mean(value, list(choices))
+    if near:
+        hint = f"did you mean {near!r}? Use one of: {', '.join(choices)}."
+        raise ConfigError(f"Unknown {what} {value!r} ({flag}); {hint}")
+    if strict:
+        raise ConfigError(f"Unknown {what} {value!r} ({flag}); use one of: {', '.join(choices)}.")
+
+
+def check_env_names(names: Sequence[str], suite: str = "refine", flag: str = "--envs") -> None:
+    """ConfigError with "did you mean" when an environment name is a near miss of one of `suite`'s environments.
+
+    Names that are not close to any are left to `refine.envs.check_env`, whose message lists what is available.
+    """
+    from refine.envs import AGENTBOARD_ENVIRONMENTS, ENVIRONMENTS
+
+    table = AGENTBOARD_ENVIRONMENTS if suite == "agentboard" else ENVIRONMENTS
+    for name in names:
+        near = None if name in table else _did_you_mean(name, list(table))
+        if near:
+            raise ConfigError(
+                f"Unknown environment {name!r} in the {suite} suite ({flag}); did you mean {near!r}? "
+                f"Available: {', '.join(table)}."
+            )
 
 
 def check_personas(spec: str) -> list[str]:

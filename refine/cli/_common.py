@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-__all__ = ["ApiBaseOption", "ApiKeyEnvOption", "check_agent_lm", "export_lm_env", "fail_if_all_episodes_failed"]
+__all__ = ["ApiBaseOption", "ApiKeyEnvOption", "check_agent_lm", "export_lm_env"]
 
 ApiBaseOption = Annotated[
     str | None,
@@ -40,8 +40,10 @@ def export_lm_env(api_base: str | None, api_key_env: str | None) -> None:
         os.environ["OPENAI_API_KEY"] = os.environ[api_key_env]
 
 
-def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_env: str | None) -> None:
-    """Preflight of `refine eval`'s agent: the LM spec behind `--agent` (or `--lm` for chat/program/factories)."""
+def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_env: str | None) -> str | None:
+    """Preflight of `refine eval`'s agent: the LM spec behind `--agent` (or `--lm` for chat/program/factories).
+
+    Returns the spec it checked (None for a factory without --lm)."""
     from refine.preflight import check_lm
 
     module, sep, _ = agent.partition(":")
@@ -53,18 +55,4 @@ def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_
         spec, flag = agent, "--agent"
     if spec:
         check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env)
-
-
-def fail_if_all_episodes_failed(summary: dict[str, Any], records: list[dict[str, Any]], out: Path | None) -> None:
-    """Raise `RunFailedError` (and mark the run `failed`) when every episode ended with an error."""
-    from refine.errors import RunFailedError
-    from refine.health import failure_reason, mark_failed
-
-    base = (summary.get("overall") or {}).get("base") or {}
-    episodes, errors = int(base.get("episodes") or 0), int(base.get("errors") or 0)
-    if not episodes or errors < episodes:
-        return
-    reason = failure_reason([{"error": r.get("error") or "error"} for r in records]) or f"all {episodes} failed"
-    if out is not None:
-        mark_failed(out, reason)
-    raise RunFailedError(f"The evaluation failed ({reason.replace('items', 'episodes')}); no results to show.")
+    return spec

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from refine.cli._common import ApiBaseOption, ApiKeyEnvOption, check_agent_lm, fail_if_all_episodes_failed
+from refine.cli._common import ApiBaseOption, ApiKeyEnvOption, check_agent_lm
 from refine.cli._config import configurable
 from refine.executor import ExecutorOption, RayAddressOption
 from refine.preflight import lm_options
@@ -23,6 +23,11 @@ SUITE_HELP = (
 )
 
 
+#: Default per-episode deadline for remote LMs, per step of --max-steps (a 30-step episode: 10 minutes).
+EPISODE_S_PER_STEP = 20.0
+_AGENT_NAMES = ("expert", "random", "chat", "program", "embedded")
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -31,6 +36,28 @@ def _with_ci(m: dict, metric: str) -> str:
     ci = m.get(f"{metric}_ci")
     rate = 100 * m[f"{metric}_rate"]
     return f"{rate:.0f} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else f"{rate:.1f}"
+
+
+def _print_solvable(summary: dict) -> None:
+    """A second table where environments flag their episodes: success over the solvable ones beside the plain rate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [(env, e["base"]) for env, e in summary["envs"].items() if "solvable" in e.get("base", {})]
+    if "solvable" in summary.get("overall", {}).get("base", {}):
+        rows.append(("overall", summary["overall"]["base"]))
+    if not rows:
+        return
+    table = Table(caption="solvable: the env's expert reaches the goal within the step bound; 95% intervals")
+    for col in ("env", "n", "solvable", "succ% all", "succ% solvable", "prog% solvable"):
+        table.add_column(col, justify="left" if col == "env" else "right", no_wrap=True)
+    for name, m in rows:
+        sv = m["solvable"]
+        flagged = f"{sv['n']} of {sv['n'] + sv['unsolvable']}"
+        flagged += f" ({sv['unflagged']} unflagged)" if sv["unflagged"] else ""
+        table.add_row(name, str(m["episodes"]), flagged, _with_ci(m, "success"), _with_ci(sv, "success"),
+                      _with_ci(sv, "progress"))  # fmt: skip
+    Console().print(table)
 
 
 def eval_cmd(
@@ -60,6 +87,18 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds one call to a remote LM may take (in-process: unused).")
+    ] = None,
+    episode_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help=f"Seconds one episode may take in all, a guard against servers that trickle bytes (default for "
+            f"remote LMs: {EPISODE_S_PER_STEP:g} s x --max-steps; in-process models and reference agents: none). "
+            "An episode past it is left pending; --resume plays it again.",
+        ),
+    ] = None,
     suite: Annotated[str, typer.Option(help=SUITE_HELP)] = "refine",
     annotations: Annotated[
         Path | None,
@@ -71,17 +110,18 @@ def eval_cmd(
 ) -> None:
     """Evaluate an agent on held-out text environments (success, progress, invalid and stuck rates, tokens)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from refine.envs.reference import REFERENCE_AGENTS, reference_agent
-    from refine.errors import ConfigError
-    from refine.eval import SUITES, EvalConfig, check_config, episode_specs, evaluate
+    from refine.errors import ConfigError, RunFailedError
+    from refine.eval import SUITES, EvalConfig, check_config, evaluate
+    from refine.preflight import check_name
     from refine.programs.agent import resolve_agent
 
     suite = suite.strip().lower()
-    if suite not in SUITES:
-        raise ConfigError(f"Unknown --suite {suite!r}; use one of: {', '.join(SUITES)}.")
+    check_name(suite, SUITES, "suite", "--suite")
+    if not any(c in agent for c in "/:."):
+        check_name(agent, _AGENT_NAMES, "agent", "--agent", strict=False)  # a near miss of a named agent
     if annotations is not None and suite != "agentboard":
         raise ConfigError("--annotations holds AgentBoard's subgoals; use it with --suite agentboard.")
     if annotations is not None and not annotations.is_dir():
@@ -89,6 +129,10 @@ def eval_cmd(
     if envs is None:
         envs = "babyai,scienceworld,pddl" if suite == "agentboard" else "babyai,scienceworld,pddl,textworld"
     reference = agent in REFERENCE_AGENTS
+    spec = None if reference else _lm_spec(agent, lm)
+    remote = spec is not None and _is_remote(spec)
+    if episode_timeout is None and remote:
+        episode_timeout = EPISODE_S_PER_STEP * max_steps
     config = EvalConfig(
         suite=suite,
         annotations=str(annotations) if annotations else None,
@@ -102,11 +146,14 @@ def eval_cmd(
         held_in=_split(held_in),
         agent=agent,
         model=agent if reference else (lm or agent),
+        episode_timeout=episode_timeout,
     )
     check_config(config, reference_agent(agent) if reference else None)  # before any LM or environment starts
     if not reference:
         check_agent_lm(agent, lm, api_base=api_base, api_key_env=api_key_env)
     lm_kw = {"max_tokens": max_tokens, "temperature": temperature, **lm_options(api_base, api_key_env)}
+    if timeout is not None and remote:
+        lm_kw["timeout"] = timeout
     if reference and executor == "ray":
         import functools
 
@@ -120,27 +167,22 @@ def eval_cmd(
     else:
         the_agent = resolve_agent(agent, lm, **lm_kw)
     console = Console(stderr=True)
-    total = len(episode_specs(config))
-    columns = [
-        TextColumn("[bold]eval"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[ok]} solved"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console, disable=quiet) as bar:
-        task = bar.add_task("eval", total=total, ok=0)
-        solved = [0]
-
-        def on_episode(rec: dict) -> None:
-            solved[0] += int(bool(rec.get("success")))
-            bar.update(task, advance=1, ok=solved[0])
-
+    with _EvalProgress(config, out if resume else None, console, quiet) as progress:
         result = evaluate(
-            the_agent, config, out, resume=resume, on_episode=on_episode, executor=executor, ray_address=ray_address
+            the_agent,
+            config,
+            out,
+            resume=resume,
+            on_episode=progress.episode,
+            on_step=progress.step,
+            executor=executor,
+            ray_address=ray_address,
         )
     summary = result.summary
-    fail_if_all_episodes_failed(summary, result.records, out)  # no results table for an agent that never acted
+    failure = summary["run"].get("failure")
+    if failure:  # no results table for an agent that never acted
+        where = "; the manifest says 'failed'" if out else ""
+        raise RunFailedError(f"The evaluation failed ({failure}){where}. Fix the cause and rerun.")
     table = Table(
         title=f"refine eval ({config.suite} suite, {config.max_steps} steps): {config.model}"
         + (f" -> {out}" if out else ""),
@@ -169,6 +211,7 @@ def eval_cmd(
                 f"{m['prompt_tokens'] + m['completion_tokens']}",
             )
     Console().print(table)
+    _print_solvable(summary)
     drop = summary["overall"].get("drop")
     if drop:
         Console().print(
@@ -186,6 +229,105 @@ def eval_cmd(
             f"{run['episodes_played']} episodes in {run['wall_s']:.1f} s "
             f"({run['episodes_per_min']:.1f} episodes/min, {config.workers} workers)"
         )
+
+
+def _lm_spec(agent: str, lm: str | None) -> str | None:
+    """The LM spec behind --agent (or --lm), as `check_agent_lm` reads it, without checking it."""
+    module, sep, _ = agent.partition(":")
+    if agent in ("chat", "program") or agent.startswith("program:"):
+        return lm or "embedded"
+    if sep and "." in module and "/" not in module and not Path(agent).exists():
+        return lm
+    return agent
+
+
+def _is_remote(spec: str) -> bool:
+    from refine.imports import PY_PREFIX
+    from refine.lm.loader import is_local_model
+
+    return not spec.startswith(PY_PREFIX) and not is_local_model(spec)
+
+
+class _EvalProgress:
+    """eval's progress bar: episodes, solved, steps, tokens, elapsed and ETA, moved on every step (an episode in
+    play counts as the share of --max-steps it has played, so the ETA is there before the first episode ends)."""
+
+    def __init__(self, config: object, resumed: Path | None, console: object, quiet: bool) -> None:
+        import threading
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from refine.eval import episode_specs
+
+        self.max_steps = config.max_steps  # type: ignore[attr-defined]
+        self.done = self._already_done(resumed)
+        self.solved = self.pending = self.steps = self.tokens = 0
+        self.playing: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.bar = Progress(
+            TextColumn("[bold]eval"),
+            BarColumn(),
+            TextColumn("{task.fields[done]}/{task.total:.0f} episodes"),
+            TextColumn("[green]{task.fields[solved]} solved[/]{task.fields[pending]}"),
+            TextColumn("{task.fields[steps]:,} steps  {task.fields[tokens]:,} tokens"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet,
+        )
+        total = len(episode_specs(config))  # type: ignore[arg-type]
+        self.task = self.bar.add_task(
+            "eval", total=total, completed=self.done, done=self.done, solved=0, pending="", steps=0, tokens=0
+        )
+
+    @staticmethod
+    def _already_done(resumed: Path | None) -> int:
+        if resumed is None or not (resumed / "manifest.json").is_file():
+            return 0
+        from refine.store import RunStore
+
+        try:
+            return RunStore.open_existing(resumed).count("episodes")
+        except Exception:  # the run store reports an unreadable run with its own message
+            return 0
+
+    def __enter__(self) -> _EvalProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def _show(self) -> None:
+        partial = sum(min(n / self.max_steps, 0.95) for n in self.playing.values())
+        self.bar.update(
+            self.task,
+            completed=self.done + self.pending + partial,
+            done=self.done,
+            solved=self.solved,
+            pending=f" [yellow]{self.pending} pending[/]" if self.pending else "",
+            steps=self.steps,
+            tokens=self.tokens,
+        )
+
+    def step(self, info: dict) -> None:
+        with self._lock:
+            key = str(info.get("key"))
+            self.playing[key] = self.playing.get(key, 0) + 1
+            self.steps += 1
+            self.tokens += int(info.get("prompt_tokens") or 0) + int(info.get("completion_tokens") or 0)
+            self._show()
+
+    def episode(self, rec: dict) -> None:
+        with self._lock:
+            self.playing.pop(str(rec.get("key")), None)
+            if rec.get("pending"):
+                self.pending += 1
+            else:
+                self.done += 1
+                self.solved += int(bool(rec.get("success")))
+            self._show()
 
 
 def report_cmd(
