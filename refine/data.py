@@ -22,6 +22,7 @@ __all__ = [
     "Turn",
     "Verdict",
     "content_id",
+    "jsonable",
 ]
 
 ERROR_FLAGS: tuple[str, ...] = ("parameter_error", "place_error", "logic_error")
@@ -31,6 +32,22 @@ def content_id(payload: Any, length: int = 16) -> str:
     """A stable hex id for any JSON-serialisable payload (keys sorted), used as a resume key."""
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with pydantic models dumped to JSON types, inside dicts (keys made strings), lists and tuples.
+
+    Example:
+        >>> jsonable({1: [Verdict(ok=True)], "k": (2, 3)})
+        {'1': [{'ok': True, 'reasons': [], 'stage': 'trajectory', 'checks': 0}], 'k': [2, 3]}
+    """
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 class _Model(BaseModel):

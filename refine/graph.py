@@ -13,82 +13,30 @@ cycle must contain an edge with `max_iters`; such an edge fires at most that man
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import dspy
 import networkx as nx
 
-from refine.errors import GraphValidationError, RefineError
+from refine.errors import GraphValidationError
+from refine.graph_parts import (
+    Condition,
+    EdgeSpec,
+    GraphEvent,
+    GraphRunError,
+    NodeSpec,
+    check_condition,
+    describe_wiring,
+    function_io,
+    has_field,
+    mermaid_flowchart,
+)
 
 __all__ = ["GraphEvent", "GraphModule", "GraphRunError", "ProgramGraph", "program_hash"]
-
-Condition = Callable[[Mapping[str, Any]], bool] | str | None
-
-
-class GraphRunError(RefineError, RuntimeError):
-    """A node raised while the graph ran. `events` holds the run's trace up to and including the failure."""
-
-    def __init__(self, message: str, node: str, events: list[GraphEvent]):
-        super().__init__(message)
-        self.node = node
-        self.events = events
-
-
-@dataclass
-class GraphEvent:
-    """One node execution in a graph run (the graph-level trace; DSPy's predictor trace is kept beside it)."""
-
-    node: str
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    seconds: float
-    error: str | None = None
-
-
-@dataclass
-class _NodeSpec:
-    name: str
-    kind: str  # "module" | "function"
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    catch_errors: bool
-    description: str
-
-
-@dataclass
-class _EdgeSpec:
-    src: str
-    dst: str
-    condition: Condition
-    mapping: dict[str, str]
-    max_iters: int | None
-    order: int = 0
-    label: str = field(default="")
-
-
-def _condition_label(cond: Condition) -> str:
-    if cond is None:
-        return ""
-    if isinstance(cond, str):
-        return cond
-    return getattr(cond, "__name__", "condition")
-
-
-def _check_condition(cond: Condition, state: Mapping[str, Any]) -> bool:
-    if cond is None:
-        return True
-    if isinstance(cond, str):
-        negate = cond.startswith("not ")
-        key = cond[4:].strip() if negate else cond
-        value = bool(state.get(key))
-        return not value if negate else value
-    return bool(cond(state))
 
 
 def _module_io(module: dspy.Module) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -106,33 +54,6 @@ def _module_io(module: dspy.Module) -> tuple[tuple[str, ...], tuple[str, ...]] |
     if sig is None:
         return None
     return tuple(sig.input_fields), tuple(sig.output_fields)
-
-
-def _mermaid_id(name: str, taken: Iterable[str]) -> str:
-    """A Mermaid node id for `name`: `end` (any case) is a Mermaid keyword that breaks the whole flowchart."""
-    if name.lower() != "end":
-        return name
-    taken = set(taken)
-    new = name + "_"
-    while new in taken:
-        new += "_"
-    return new
-
-
-def _mermaid_text(text: str) -> str:
-    """Escape text for a Mermaid label (quotes, angle brackets of `<lambda>`, the `|` that ends an edge label)."""
-    return text.replace('"', "'").replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;")
-
-
-def _has_field(obj: Any, name: str) -> bool:
-    if isinstance(obj, Mapping | dspy.Prediction):
-        return name in obj
-    return hasattr(obj, name)
-
-
-def _function_io(fn: Callable[..., Any]) -> tuple[str, ...]:
-    params = inspect.signature(fn).parameters.values()
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty)
 
 
 class ProgramGraph:
@@ -165,9 +86,9 @@ class ProgramGraph:
         self.defaults = dict(defaults or {})
         self.entry = entry
         self._g = nx.DiGraph()
-        self._nodes: dict[str, _NodeSpec] = {}
+        self._nodes: dict[str, NodeSpec] = {}
         self._impl: dict[str, Any] = {}
-        self._edges: list[_EdgeSpec] = []
+        self._edges: list[EdgeSpec] = []
 
     # ------------------------------------------------------------------ construction
     def add_node(
@@ -207,11 +128,11 @@ class ProgramGraph:
             in_, out_ = io if io is not None else ((), ())
         elif callable(node):
             kind = "function"
-            in_ = _function_io(node)
+            in_ = function_io(node)
             out_ = (name,)
         else:
             raise GraphValidationError(f"Node {name!r} must be a dspy.Module or a callable, got {type(node).__name__}.")
-        spec = _NodeSpec(
+        spec = NodeSpec(
             name=name,
             kind=kind,
             inputs=tuple(inputs) if inputs is not None else tuple(in_),
@@ -253,7 +174,7 @@ class ProgramGraph:
             )
         if max_iters is not None and max_iters < 1:
             raise GraphValidationError(f"Edge {src!r} -> {dst!r}: max_iters must be >= 1, got {max_iters}.")
-        spec = _EdgeSpec(src, dst, condition, dict(mapping or {}), max_iters, order=len(self._edges))
+        spec = EdgeSpec(src, dst, condition, dict(mapping or {}), max_iters, order=len(self._edges))
         self._edges.append(spec)
         self._g.add_edge(src, dst, spec=spec)
         self.__dict__.pop("_order", None)
@@ -392,52 +313,11 @@ class ProgramGraph:
     # ------------------------------------------------------------------ rendering
     def to_mermaid(self) -> str:
         """Mermaid `flowchart` text: modules as rectangles, functions as rounded boxes, bounded edges dotted."""
-        lines = ["flowchart TD"]
-        ids = {n: _mermaid_id(n, self._nodes) for n in self._nodes}
-        for n, s in self._nodes.items():
-            label = f"{n}<br/>{type(self._impl[n]).__name__}" if s.kind == "module" else n
-            lines.append(f'    {ids[n]}["{label}"]' if s.kind == "module" else f'    {ids[n]}("{label}")')
-        for e in self._edges:
-            parts = []
-            if e.condition is not None:
-                parts.append(_condition_label(e.condition))
-            if e.mapping:
-                parts.append(", ".join(f"{k}={v}" for k, v in e.mapping.items()))
-            if e.max_iters is not None:
-                parts.append(f"max {e.max_iters}")
-            label = _mermaid_text(" / ".join(parts))
-            arrow = "-.->" if e.max_iters is not None else "-->"
-            src, dst = ids[e.src], ids[e.dst]
-            lines.append(f"    {src} {arrow}|{label}| {dst}" if label else f"    {src} {arrow} {dst}")
-        return "\n".join(lines) + "\n"
+        return mermaid_flowchart(self._nodes, self._impl, self._edges)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the wiring (used in program hashes and manifests)."""
-        return {
-            "name": self.name,
-            "inputs": list(self.inputs),
-            "outputs": list(self.outputs) if self.outputs is not None else None,
-            "nodes": [
-                {
-                    "name": s.name,
-                    "kind": s.kind,
-                    "type": type(self._impl[s.name]).__name__,
-                    "inputs": list(s.inputs),
-                    "outputs": list(s.outputs),
-                }
-                for s in self._nodes.values()
-            ],
-            "edges": [
-                {
-                    "src": e.src,
-                    "dst": e.dst,
-                    "condition": _condition_label(e.condition),
-                    "mapping": e.mapping,
-                    "max_iters": e.max_iters,
-                }
-                for e in self._edges
-            ],
-        }
+        return describe_wiring(self.name, self.inputs, self.outputs, self._nodes, self._impl, self._edges)
 
     # ------------------------------------------------------------------ compilation
     def compile(self) -> GraphModule:
@@ -461,7 +341,7 @@ class GraphModule(dspy.Module):
         self.graph = graph
         self.nodes = {n: m for n, m in graph._impl.items() if isinstance(m, dspy.Module)}
         self._functions = {n: f for n, f in graph._impl.items() if not isinstance(f, dspy.Module)}
-        self._out_edges: dict[str, list[_EdgeSpec]] = {n: [] for n in graph._nodes}
+        self._out_edges: dict[str, list[EdgeSpec]] = {n: [] for n in graph._nodes}
         for e in graph._edges:
             self._out_edges[e.src].append(e)
         self._order = graph._order
@@ -484,7 +364,7 @@ class GraphModule(dspy.Module):
         spec = self._specs[name]
         if spec.kind == "module":
             pred = self.nodes[name](**kwargs)
-            missing = [o for o in spec.outputs if not _has_field(pred, o)]
+            missing = [o for o in spec.outputs if not has_field(pred, o)]
             if missing:
                 raise GraphRunError(
                     f"Module node {name!r} returned a {type(pred).__name__} without its declared outputs {missing}. "
@@ -572,7 +452,7 @@ class GraphModule(dspy.Module):
                     key = (e.src, e.dst)
                     if e.max_iters is not None and fired.get(key, 0) >= e.max_iters:
                         continue
-                    if not _check_condition(e.condition, state):
+                    if not check_condition(e.condition, state):
                         continue
                     fired[key] = fired.get(key, 0) + 1
                     for dst_field, src_field in e.mapping.items():

@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from refine.data import jsonable
 from refine.errors import RunStoreError
 from refine.redaction import redact, register_config_secrets, register_secret, scrub_secrets, secret_values
 
@@ -86,12 +87,6 @@ def _cap_strings(obj: Any, limit: int, path: str, cut: list[str]) -> Any:
     return obj
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    return obj
-
-
 def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
     """The config exactly as the manifest stores it (redacted, scrubbed, JSON-typed), so resume compares like with like.
 
@@ -102,7 +97,7 @@ def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
         return {}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
-    config = _jsonable(config)
+    config = jsonable(config)
     if not isinstance(config, Mapping):
         raise RunStoreError(
             f"RunStore config must be a dict, a dataclass or a pydantic model, got {type(config).__name__}."
@@ -253,7 +248,7 @@ class RunStore:
 
     def _update_manifest_locked(self, fields: Mapping[str, Any]) -> None:
         data = self.manifest
-        data.update({k: _jsonable(v) for k, v in fields.items()})
+        data.update({k: jsonable(v) for k, v in fields.items()})
         if self._listed is not None and self.shard is None:
             data["files"] = sorted(self._listed)  # a resume of an older run starts the list with what it writes
         self._write_manifest(data)
@@ -359,7 +354,7 @@ class RunStore:
         """Append one record to `<kind>.jsonl` unless `key` is already in the run. Returns True when written."""
         if not kind.isidentifier():
             raise RunStoreError(f"Record kind {kind!r} must be an identifier (it names the file {kind}.jsonl).")
-        body = dict(_jsonable(record)) if not isinstance(record, Mapping) else dict(record)
+        body = dict(jsonable(record)) if not isinstance(record, Mapping) else dict(record)
         if body.get("key", key) != key:
             raise RunStoreError(
                 f"Record for {kind}.jsonl has its own 'key' field {body['key']!r} that differs from key={key!r}; "
