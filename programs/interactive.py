@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import dspy
@@ -173,32 +174,12 @@ def _history(turns: list[Turn]) -> str:
     return "\n".join(lines)
 
 
-def build_graph(
-    env: TextEnv | Callable[[], TextEnv] | None = None,
-    *,
-    max_steps: int = DEFAULT_MAX_STEPS,
-    min_refinements: int = 2,
-    agent_lm: dspy.LM | None = None,
-    teacher_lm: dspy.LM | None = None,
-    refiner: str = "lm",
-) -> ProgramGraph:
-    """Build the interactive refinement graph.
+def _model(module: Any) -> str:
+    lm = getattr(module, "lm", None) or dspy.settings.lm
+    return str(getattr(lm, "model", "") or "")
 
-    Args:
-        env: None for the LLM Dungeon Master over the `script` input; a `TextEnv` instance (runs must then not be
-            concurrent), or a zero-argument factory returning a fresh `TextEnv` per run (safe with threads).
-        max_steps: bound on player actions per run (AgentBoard uses 30).
-        min_refinements: error -> fix episodes a trajectory needs to be accepted.
-        agent_lm: LM of the acting node (e.g. the student); the others use `teacher_lm` or the configured LM.
-        teacher_lm: LM of the Dungeon Master, feedback and refine nodes.
-        refiner: "lm" (the teacher LM interprets feedback and refines the action) or "env" (the environment's own
-            expert, `expert_action()`, supplies the corrected action: verified refinement data without an LLM
-            teacher, e.g. on-policy data for a small student; needs a real environment that offers an expert).
 
-    Example:
-        >>> build_graph().node_names
-        ['start', 'act', 'environment', 'record', 'interpret', 'refine', 'finish']
-    """
+def _check_options(env: Any, max_steps: int, refiner: str) -> None:
     if max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {max_steps}.")
     if env is not None and not (isinstance(env, TextEnv) or callable(env)):
@@ -213,200 +194,217 @@ def build_graph(
             "refiner='env' needs a real environment whose expert corrects the agent: pass env=<TextEnv factory> "
             "(e.g. lambda: make_env('babyai')), or use refiner='lm' with the LLM Dungeon Master."
         )
+
+
+START_OUTPUTS = (
+    *("env_handle", "verified_script", "script_text", "environment", "goal", "actions", "history", "turns"),
+    "steps",
+)
+ENV_OUTPUTS = ("analysis", "observation", *_FLAGS, "task_completed")
+RECORD_OUTPUTS = ("turns", "steps", "history", "failure", "continue_acting", "needs_refinement", "finished")
+FINISH_OUTPUTS = ("trajectory", "verdict", "success", "attempts")
+
+
+def start(script: Any, seed: Any, *, env: TextEnv | Callable[[], TextEnv] | None) -> dict[str, Any]:
+    """Node: the run's script (given, for the LLM Dungeon Master; else described from a fresh `env`) and state."""
+    handle = None
+    if env is None:
+        if script is None:
+            raise ConfigError("InteractiveRefine with the LLM Dungeon Master needs a `script` input.")
+        verified = draft_to_script(script) if not isinstance(script, Script) else script
+        observation = verified.environment
+    else:
+        handle = env if isinstance(env, TextEnv) else env()
+        verified, observation = script_from_env(handle, seed=seed if isinstance(seed, int) else None)
+    return {
+        "env_handle": handle,
+        "verified_script": verified,
+        "script_text": render_script(verified),
+        "environment": verified.environment,
+        "goal": verified.goal,
+        "actions": verified.describe_actions(),
+        "history": f"Observation: {observation}",
+        "turns": [],
+        "steps": 0,
+    }
+
+
+def env_step(env_handle: Any, verified_script: Script, action: str) -> dict[str, Any]:
+    """Node: one step of the real environment; an invalid action is a parameter error when it does not fit the
+    script's action forms, else a logic error (well-formed, but not allowed now)."""
+    res = env_handle.step(action)
+    _, _, problems = match_action(verified_script, action)
+    return {
+        "analysis": "",
+        "observation": res.observation,
+        "parameter_error": bool(res.invalid and problems),
+        "place_error": False,
+        "logic_error": bool(res.invalid and not problems),
+        "task_completed": bool(res.success),
+        "env_done": bool(res.done),
+    }
+
+
+def env_interpret(action: str, observation: str, verified_script: Script) -> dict[str, Any]:
+    """Node (refiner="env"): what was wrong with the action, from the script and the environment's answer.
+
+    Function nodes name their outputs in `build_graph`; the LM modules' come from their signatures."""
+    return {"diagnosis": diagnose(verified_script, action, observation)}
+
+
+def env_refine(env_handle: Any, diagnosis: str, action: str) -> dict[str, Any]:
+    """Node (refiner="env"): the environment's expert supplies the corrected action."""
+    fix = expert_action(env_handle)
+    if fix is None:
+        raise ConfigError("the environment's expert has no next action to correct the agent with")
+    return {"thought": f"{diagnosis} {fix_sentence(action, fix)}", "action": fix}
+
+
+def record(
+    turns: list[Turn],
+    steps: int,
+    history: str,
+    thought: Any,
+    action: Any,
+    analysis: Any,
+    observation: Any,
+    parameter_error: Any,
+    place_error: Any,
+    logic_error: Any,
+    task_completed: Any,
+    env_done: Any,
+    error: str | None,
+    *,
+    max_steps: int,
+) -> dict[str, Any]:
+    """Node: add the step's player and environment turns, and decide: act again, refine a flagged step, or finish."""
+    failure = None
+    if not action:
+        failure = error or "the agent produced no action"
+    elif observation is None:
+        failure = error or "the environment produced no observation"
+    if failure is None:
+        player = Turn(role="player", thought=str(thought or ""), action=str(action))
+        dm = Turn(
+            role="dm",
+            thought=str(analysis or ""),
+            observation=str(observation),
+            parameter_error=bool(parameter_error),
+            place_error=bool(place_error),
+            logic_error=bool(logic_error),
+            task_completed=bool(task_completed),
+        )
+        turns = [*turns, player, dm]
+        steps += 1
+    flagged = failure is None and any(bool(v) for v in (parameter_error, place_error, logic_error))
+    done = failure is not None or bool(task_completed) or bool(env_done) or steps >= max_steps
+    return {
+        "turns": turns,
+        "steps": steps,
+        "history": f"{history}\nAction: {action}\nObservation: {observation}" if failure is None else history,
+        "failure": failure,
+        "continue_acting": not done and not flagged,
+        "needs_refinement": not done and flagged,
+        "finished": done,
+    }
+
+
+def finish(
+    verified_script: Script,
+    turns: list[Turn],
+    failure: Any,
+    seed: Any,
+    steps: int,
+    *,
+    min_refinements: int,
+    agent: Any,
+    teacher: Any,
+    dm: Any,
+) -> dict[str, Any]:
+    """Node: the verified trajectory (`min_refinements` error -> fix episodes), with the models that made it."""
+    models = {"agent": _model(agent), "teacher": _model(teacher) if isinstance(teacher, dspy.Module) else "env-expert"}
+    if dm is not None:
+        models["dm"] = _model(dm)
+    traj = Trajectory(
+        script=verified_script,
+        turns=list(turns),
+        provenance=Provenance(
+            persona=verified_script.persona, seed=seed if isinstance(seed, int) else None, models=models
+        ),
+    ).mark_losses()
+    verdict = verify_trajectory(traj, min_refinements=min_refinements)
+    if failure:
+        verdict = Verdict(
+            ok=False, reasons=[f"parse: {failure}", *verdict.reasons], stage="parse", checks=verdict.checks + 1
+        )
+    attempt = {"stage": "interactive", "attempt": 0, "ok": verdict.ok, "reasons": verdict.reasons}
+    attempt.update(error=failure, steps=steps)
+    return {
+        "trajectory": traj.model_copy(update={"verdict": verdict}),
+        "verdict": verdict,
+        "success": bool(turns) and turns[-1].task_completed,
+        "attempts": [attempt],
+    }
+
+
+def _nodes(env: Any, refiner: str, agent_lm: Any, teacher_lm: Any) -> tuple[dspy.Module, Any, Any, Any]:
+    """(act, the LLM Dungeon Master or None, interpret, refine), each module on its LM."""
     act = dspy.Predict(PlayerAct)
-    interpret: Any = dspy.Predict(InterpretFeedback)
-    refine: Any = dspy.Predict(RefineAction)
-    if refiner == "env":
-
-        def interpret(action: str, observation: str, verified_script: Script) -> dict[str, Any]:
-            return {"diagnosis": diagnose(verified_script, action, observation)}
-
-        def refine(env_handle: Any, diagnosis: str, action: str) -> dict[str, Any]:
-            fix = expert_action(env_handle)
-            if fix is None:
-                raise ConfigError("the environment's expert has no next action to correct the agent with")
-            return {"thought": f"{diagnosis} {fix_sentence(action, fix)}", "action": fix}
-
     if agent_lm is not None:
         act.set_lm(agent_lm)
-    dm: dspy.Module | None = None if env is not None else dspy.Predict(EnvironmentStep)
+    dm = dspy.Predict(EnvironmentStep) if env is None else None
+    interpret: Any = dspy.Predict(InterpretFeedback) if refiner == "lm" else env_interpret
+    refine: Any = dspy.Predict(RefineAction) if refiner == "lm" else env_refine
     for m in (interpret, refine, dm):
         if isinstance(m, dspy.Module) and teacher_lm is not None:
             m.set_lm(teacher_lm)
+    return act, dm, interpret, refine
 
-    def _model(module: Any) -> str:
-        lm = getattr(module, "lm", None) or dspy.settings.lm
-        return str(getattr(lm, "model", "") or "")
 
-    def start(script: Any, seed: Any) -> dict[str, Any]:
-        handle = None
-        if env is None:
-            if script is None:
-                raise ConfigError("InteractiveRefine with the LLM Dungeon Master needs a `script` input.")
-            verified = draft_to_script(script) if not isinstance(script, Script) else script
-            observation = verified.environment
-        else:
-            handle = env if isinstance(env, TextEnv) else env()
-            verified, observation = script_from_env(handle, seed=seed if isinstance(seed, int) else None)
-        return {
-            "env_handle": handle,
-            "verified_script": verified,
-            "script_text": render_script(verified),
-            "environment": verified.environment,
-            "goal": verified.goal,
-            "actions": verified.describe_actions(),
-            "history": f"Observation: {observation}",
-            "turns": [],
-            "steps": 0,
-        }
+def _defaults() -> dict[str, Any]:
+    values = {"seed": 0, "script": None, "thought": "", "action": "", "analysis": "", "observation": None}
+    values.update(env_done=False, diagnosis="", error=None, task_completed=False)
+    return {**values, **dict.fromkeys(_FLAGS, False)}
 
-    def env_step(env_handle: Any, verified_script: Script, action: str) -> dict[str, Any]:
-        res = env_handle.step(action)
-        _, _, problems = match_action(verified_script, action)
-        return {
-            "analysis": "",
-            "observation": res.observation,
-            "parameter_error": bool(res.invalid and problems),
-            "place_error": False,
-            "logic_error": bool(res.invalid and not problems),
-            "task_completed": bool(res.success),
-            "env_done": bool(res.done),
-        }
 
-    def record(
-        turns: list[Turn],
-        steps: int,
-        history: str,
-        thought: Any,
-        action: Any,
-        analysis: Any,
-        observation: Any,
-        parameter_error: Any,
-        place_error: Any,
-        logic_error: Any,
-        task_completed: Any,
-        env_done: Any,
-        error: str | None,
-    ) -> dict[str, Any]:
-        failure = None
-        if not action:
-            failure = error or "the agent produced no action"
-        elif observation is None:
-            failure = error or "the environment produced no observation"
-        if failure is None:
-            turns.append(Turn(role="player", thought=str(thought or ""), action=str(action)))
-            turns.append(
-                Turn(
-                    role="dm",
-                    thought=str(analysis or ""),
-                    observation=str(observation),
-                    parameter_error=bool(parameter_error),
-                    place_error=bool(place_error),
-                    logic_error=bool(logic_error),
-                    task_completed=bool(task_completed),
-                )
-            )
-            steps += 1
-        flagged = failure is None and any(bool(v) for v in (parameter_error, place_error, logic_error))
-        done = failure is not None or bool(task_completed) or bool(env_done) or steps >= max_steps
-        return {
-            "turns": turns,
-            "steps": steps,
-            "history": f"{history}\nAction: {action}\nObservation: {observation}" if failure is None else history,
-            "failure": failure,
-            "continue_acting": not done and not flagged,
-            "needs_refinement": not done and flagged,
-            "finished": done,
-        }
+def build_graph(
+    env: TextEnv | Callable[[], TextEnv] | None = None,
+    *,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    min_refinements: int = 2,
+    agent_lm: dspy.LM | None = None,
+    teacher_lm: dspy.LM | None = None,
+    refiner: str = "lm",
+) -> ProgramGraph:
+    """The interactive refinement graph: start -> act -> environment -> record, looping back to act, or through
+    interpret -> refine when a step is flagged, until finish.
 
-    def finish(verified_script: Script, turns: list[Turn], failure: Any, seed: Any, steps: int) -> dict[str, Any]:
-        models = {"agent": _model(act), "teacher": _model(refine) if isinstance(refine, dspy.Module) else "env-expert"}
-        if dm is not None:
-            models["dm"] = _model(dm)
-        traj = Trajectory(
-            script=verified_script,
-            turns=list(turns),
-            provenance=Provenance(
-                persona=verified_script.persona, seed=seed if isinstance(seed, int) else None, models=models
-            ),
-        ).mark_losses()
-        verdict = verify_trajectory(traj, min_refinements=min_refinements)
-        if failure:
-            verdict = Verdict(
-                ok=False, reasons=[f"parse: {failure}", *verdict.reasons], stage="parse", checks=verdict.checks + 1
-            )
-        success = bool(turns) and turns[-1].task_completed
-        return {
-            "trajectory": traj.model_copy(update={"verdict": verdict}),
-            "verdict": verdict,
-            "success": success,
-            "attempts": [
-                {
-                    "stage": "interactive",
-                    "attempt": 0,
-                    "ok": verdict.ok,
-                    "reasons": verdict.reasons,
-                    "error": failure,
-                    "steps": steps,
-                }
-            ],
-        }
+    `env`: None for the LLM Dungeon Master over the `script` input, a `TextEnv` (runs must then not be concurrent)
+    or a factory of fresh ones (safe with threads). `max_steps` bounds player actions (AgentBoard uses 30).
+    `agent_lm` runs the acting node (e.g. the student), `teacher_lm` the others. `refiner`: "lm" (the teacher LM
+    interprets feedback and refines the action) or "env" (the environment's expert supplies the fix: verified
+    on-policy data without an LLM teacher; needs a real environment with an expert).
 
-    defaults: dict[str, Any] = {
-        "seed": 0,
-        "script": None,
-        "thought": "",
-        "action": "",
-        "analysis": "",
-        "observation": None,
-        "env_done": False,
-        "diagnosis": "",
-        "error": None,
-    }
-    defaults.update(dict.fromkeys(_FLAGS, False))
-    defaults["task_completed"] = False
-    g = ProgramGraph(
-        "interactive",
-        inputs=[],
-        outputs=["trajectory", "verdict", "success", "attempts"],
-        defaults=defaults,
-        entry="start",
-    )
-    g.add_node(
-        "start",
-        start,
-        outputs=[
-            "env_handle",
-            "verified_script",
-            "script_text",
-            "environment",
-            "goal",
-            "actions",
-            "history",
-            "turns",
-            "steps",
-        ],
-    )
+    Example:
+        >>> build_graph().node_names
+        ['start', 'act', 'environment', 'record', 'interpret', 'refine', 'finish']
+    """
+    _check_options(env, max_steps, refiner)
+    act, dm, interpret, refine = _nodes(env, refiner, agent_lm, teacher_lm)
+    done = partial(finish, min_refinements=min_refinements, agent=act, teacher=refine, dm=dm)
+    g = ProgramGraph("interactive", inputs=[], outputs=FINISH_OUTPUTS, defaults=_defaults(), entry="start")
+    g.add_node("start", partial(start, env=env), outputs=START_OUTPUTS)
     g.add_node("act", act, catch_errors=True)
-    env_outputs = ["analysis", "observation", *_FLAGS, "task_completed"]
     if dm is not None:
         g.add_node(
-            "environment", dm, inputs=["script_text", "history", "action"], outputs=env_outputs, catch_errors=True
+            "environment", dm, inputs=["script_text", "history", "action"], outputs=ENV_OUTPUTS, catch_errors=True
         )
     else:
-        g.add_node("environment", env_step, outputs=[*env_outputs, "env_done"], catch_errors=True)
-    g.add_node(
-        "record",
-        record,
-        outputs=["turns", "steps", "history", "failure", "continue_acting", "needs_refinement", "finished"],
-    )
-    if refiner == "env":
-        g.add_node("interpret", interpret, outputs=["diagnosis"], catch_errors=True)
-        g.add_node("refine", refine, outputs=["thought", "action"], catch_errors=True)
-    else:
-        g.add_node("interpret", interpret, catch_errors=True)
-        g.add_node("refine", refine, catch_errors=True)
-    g.add_node("finish", finish, outputs=["trajectory", "verdict", "success", "attempts"])
+        g.add_node("environment", env_step, outputs=[*ENV_OUTPUTS, "env_done"], catch_errors=True)
+    g.add_node("record", partial(record, max_steps=max_steps), outputs=RECORD_OUTPUTS)
+    g.add_node("interpret", interpret, outputs=["diagnosis"] if refiner == "env" else None, catch_errors=True)
+    g.add_node("refine", refine, outputs=["thought", "action"] if refiner == "env" else None, catch_errors=True)
+    g.add_node("finish", done, outputs=FINISH_OUTPUTS)
     g.add_edge("start", "act")
     g.add_edge("act", "environment", condition="action")
     g.add_edge("act", "record", condition="not action")
