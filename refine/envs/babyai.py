@@ -87,6 +87,8 @@ class BabyAIEnv:
 
     name = "babyai"
     description = DESCRIPTION
+    _NOOP: str | None = None  # the action that steps the level without changing it (none among the six)
+    _PLAYS_ON_AFTER_FAILURE = False  # a level that terminates with reward 0 ends the episode, failed
 
     def __init__(
         self,
@@ -204,11 +206,19 @@ class BabyAIEnv:
         for _ in range(limit):
             action = bot.replan()
             if action == sim.actions.done:
+                # The bot is done where the mission needs one more step that changes nothing (e.g. "go to the blue
+                # door" while facing it: minigrid verifies after any action). Only an action space with such a
+                # step (`_NOOP`, AgentBoard's "go to" of the object in front) can finish it.
+                if self._NOOP is not None:
+                    _, reward, terminated, _, _ = sim.step(action)
+                    if terminated and reward > 0:
+                        plan.append(self._NOOP)
+                        self.expert_solves = True
                 break
             plan.append(_NAMES[int(action)])
             front = sim.grid.get(*sim.front_pos)
             door_was_open = front.is_open if front is not None and front.type == "door" else None
-            _, _, terminated, truncated, _ = sim.step(action)
+            _, reward, terminated, truncated, _ = sim.step(action)
             if sim.carrying is not None and ("carry", sim.carrying.type, sim.carrying.color) not in subgoals:
                 subgoals.append(("carry", sim.carrying.type, sim.carrying.color))
             if door_was_open is False and front.is_open:
@@ -216,8 +226,10 @@ class BabyAIEnv:
             room = self._room(sim)
             if room is not None and room != start_room and ("room", room) not in subgoals:
                 subgoals.append(("room", room))
+            if terminated and reward <= 0 and self._PLAYS_ON_AFTER_FAILURE:
+                continue  # a spurious failure the suite ignores (see AgentBoardBabyAI); the bot goes on
             if terminated or truncated:
-                self.expert_solves = bool(terminated)
+                self.expert_solves = bool(terminated) and reward > 0  # terminated with reward 0 is a failure
                 break
         return subgoals, plan
 

@@ -25,6 +25,15 @@ What is reproduced, per environment (the README's "agentboard suite" section lis
   sequential subgoals (`get_goal_progress`) when it reports them, else score / 100 (the record's `progress_source`
   says which), or AgentBoard's annotated subgoals with `annotations=DIR`. Success = the task's score reaches 100.
 
+Every reset flags the episode: `info["solvable"]` is whether the environment's expert reaches the goal within the
+step bound, `info["expert_steps"]` its number of steps (BabyAI: the bot's plan, searched up to bound + 1 steps;
+PDDL: a shortest plan, breadth-first for blocks and gripper's optimal strategy, 3n - 1 steps for n balls; ScienceWorld:
+the gold path). Summaries count them and give the success rate over the solvable episodes beside the plain one.
+In BabyAI a level that terminates with reward 0 plays on (AgentBoard cancels that `done`; it matters for
+OpenDoorsOrderN4Debug, whose strict verifier fails the first right toggle of a two-door mission), and `go to` the
+object in front is one step without effect, which lets the level verify a mission such as "go to a blue door".
+
+The modules: `common` (pattern match, annotation files), `babyai`, `pddl`, `scienceworld`.
 All three run at AgentBoard's 30-step bound by default. Every observation of the suite is labelled in its records
 (`info["suite"] == "agentboard"`), and summaries carry `suite: agentboard`.
 """

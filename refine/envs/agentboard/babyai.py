@@ -33,9 +33,17 @@ class AgentBoardBabyAI(BabyAIEnv):
 
     `reset(seed=i)` plays episode i of the 112 (level `BABYAI_LEVELS[i // 4 % 28]`, seed `1234 + i % 4`);
     `reset(task, seed)` with an explicit level resets it with `seed` as given.
+
+    A level that terminates with reward 0 does not end the episode, as in AgentBoard (its `done` is cancelled while
+    progress <= 0.5). It matters for OpenDoorsOrderN4Debug: minigrid's strict verifier of "open X, then open Y"
+    (and "open Y after you open X") checks the toggle that opens X against Y too and reports a failure, though X was
+    the right door; played on, opening Y then succeeds. `go to <object>` while already facing it is one step that
+    changes nothing but lets the level verify the mission (BabyAI's bot would say `done` there).
     """
 
     name = "babyai"
+    _NOOP = "done"  # minigrid's 'done' action, issued by `go to <object in front>`
+    _PLAYS_ON_AFTER_FAILURE = True
     description = (
         "You are an agent in a 2D grid world of rooms. Each observation lists the objects in front of you, numbered "
         "by kind, with their distance; you can carry one object at a time. Take one of the available actions per "
@@ -198,7 +206,7 @@ class AgentBoardBabyAI(BabyAIEnv):
                 else:
                     actions[f"toggle and go through {label}"] = [*face, 5, 2]
             if face is not None and o["kind"] != "goal":
-                actions.setdefault(f"go to {label}", face)
+                actions.setdefault(f"go to {label}", face or [6])  # already facing it: a step without effect
             elif face is None and o["kind"] != "goal":
                 errors.setdefault(f"go to {label}", f"You cannot go to {label}, as there is no path leading to it.")
         front_obj = u.grid.get(*front)
@@ -315,6 +323,8 @@ class AgentBoardBabyAI(BabyAIEnv):
             return None
         if primitive in ("turn left", "turn right", "move forward", "drop", "toggle"):
             return primitive
+        if primitive == self._NOOP:
+            return next((name for name, steps in self._high.items() if steps == [6]), None)
         if primitive == "pick up":
             for name, steps in self._high.items():
                 if name.startswith("pickup ") and steps == [3]:
@@ -327,7 +337,7 @@ class AgentBoardBabyAI(BabyAIEnv):
 
         if effective == 0 or self._expert_queue is None:
             return
-        if len(steps) == 1 and self._expert_queue and self._expert_queue[0] == _NAMES[steps[0]]:
+        if len(steps) == 1 and self._expert_queue and self._expert_queue[0] == _NAMES.get(steps[0], self._NOOP):
             self._expert_queue.pop(0)
         else:
             self._expert_queue = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from refine.envs._common import normalize_action
 from refine.envs.base import DEFAULT_MAX_STEPS, EnvObservation, EnvStep
@@ -52,6 +52,7 @@ class AgentBoardPDDL(PDDLEnv):
     """PDDL with English facts and AgentBoard's action wording (blockworld -> blocks, gripper; see the module doc)."""
 
     name = "pddl"
+    _PLANS: ClassVar[dict[tuple[str, str, int], list[str] | None]] = {}  # shortest plans by (split, domain, problem)
     description = (
         "You are solving a planning problem. The state and the goal are lists of facts in plain English; each action "
         "can only be taken when its preconditions hold. Write one action per turn, e.g. 'pick up b', 'stack b on a', "
@@ -141,6 +142,7 @@ class AgentBoardPDDL(PDDLEnv):
         first = super().reset(AGENTBOARD_PDDL_DOMAINS.get(task, task) if task else None, seed)
         goal = self._facts(self._goal_literals())
         info = dict(first.info, suite="agentboard", progress_source="goal facts", valid_actions=self.valid_actions())
+        info.update(self._flag_solvable())
         info["action_descriptions"] = {}
         return EnvObservation(
             observation=self.describe(),
@@ -148,6 +150,22 @@ class AgentBoardPDDL(PDDLEnv):
             available_actions=[*self._agentboard_forms(), "check valid actions"],
             info=info,
         )
+
+    def _flag_solvable(self) -> dict[str, Any]:
+        """`expert_steps` (a shortest plan's length, kept for the expert) and `solvable` (it fits the step bound);
+        nothing when no plan is found within the planner's state budget."""
+        key = (self.split, self.task, self.problem)
+        if key not in self._PLANS:  # once per problem and process (a 6-block problem takes ~20 s to search)
+            try:
+                self._PLANS[key] = self.plan()
+            except EnvError:
+                self._PLANS[key] = None
+        plan = self._PLANS[key]
+        if plan is None:
+            return {}
+        if len(plan) <= self.max_steps:
+            self._cache_plan(plan)  # the expert's plan, each step checked by pddlgym
+        return {"expert_steps": len(plan), "solvable": len(plan) <= self.max_steps}
 
     def _agentboard_forms(self) -> list[str]:
         return {

@@ -13,12 +13,21 @@ from refine.envs.agentboard.common import (
     load_annotations,
 )
 from refine.envs.base import DEFAULT_MAX_STEPS, EnvObservation, EnvStep
-from refine.envs.scienceworld import DEFAULT_JVM_OPTIONS, ScienceWorldEnv
+from refine.envs.scienceworld import DEFAULT_JVM_OPTIONS, DEFAULT_TASKS, ScienceWorldEnv
 from refine.errors import EnvError
 
-__all__ = ["AgentBoardScienceWorld"]
+__all__ = ["AGENTBOARD_TASKS", "AgentBoardScienceWorld"]
 
 _GOAL_LINE = re.compile(r"^\s*\d+\s+(true|false)\s+", re.I)
+
+
+def _electrical(task: str) -> bool:
+    """ScienceWorld refuses these tasks under noElectricalAction (its own test: power-component, conductivity)."""
+    return "power-component" in task or "conductivity" in task
+
+
+# This project's ScienceWorld tasks without the electrical ones, which AgentBoard's simplification rules out.
+AGENTBOARD_TASKS = tuple(t for t in DEFAULT_TASKS if not _electrical(t))
 
 
 class AgentBoardScienceWorld(ScienceWorldEnv):
@@ -33,9 +42,10 @@ class AgentBoardScienceWorld(ScienceWorldEnv):
         tasks: tuple[str, ...] | list[str] | None = None,
         annotations: str | None = None,
         jvm_options: str = DEFAULT_JVM_OPTIONS,
-        gold: bool = False,
+        gold: bool = True,  # the gold path (computed at reset) flags each episode solvable or not
     ) -> None:
-        kwargs: dict[str, Any] = {"tasks": tasks} if tasks else {}
+        self.check_options({"tasks": tasks} if tasks else {})
+        kwargs: dict[str, Any] = {"tasks": tasks or AGENTBOARD_TASKS}
         super().__init__(
             max_steps=max_steps,
             split=split,  # type: ignore[arg-type]
@@ -52,6 +62,13 @@ class AgentBoardScienceWorld(ScienceWorldEnv):
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
         ScienceWorldEnv.check_options(options)
+        tasks = options.get("tasks") or ()
+        for t in [tasks] if isinstance(tasks, str) else tasks:
+            if _electrical(t):
+                raise EnvError(
+                    f"ScienceWorld task {t!r} needs electrical actions, which AgentBoard's simplification "
+                    "(noElectricalAction) removes; leave it out with --suite agentboard."
+                )
         ann = options.get("annotations")
         if ann:
             load_annotations(ann, "scienceworld")
@@ -80,6 +97,8 @@ class AgentBoardScienceWorld(ScienceWorldEnv):
         self._best = 0.0
         info = dict(first.info, suite="agentboard", progress_source=self.progress_source,
                     simplification=SCIENCEWORLD_SIMPLIFICATION)  # fmt: skip
+        if self.gold:  # the gold path is the expert: solvable when it fits the step bound
+            info.update(expert_steps=len(self.gold_path), solvable=0 < len(self.gold_path) <= self.max_steps)
         return EnvObservation(first.observation, first.instruction, first.available_actions, info)
 
     def step(self, action: str) -> EnvStep:
