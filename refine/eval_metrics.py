@@ -37,7 +37,56 @@ def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "errors": sum(1 for r in records if r.get("error")),
         "small_n": n < MIN_EPISODES,
+        **_solvable(records),
     }
+
+
+def _solvable(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`{"solvable": {...}}` when the environment flags its episodes (`solvable`: its expert reaches the goal within
+    the step bound): how many are and are not, and the success and progress rates over the solvable ones alone."""
+    from refine.stats import bootstrap_mean, wilson
+
+    flagged = [r for r in records if "solvable" in r]
+    if not flagged:
+        return {}
+    ok = [r for r in flagged if r["solvable"]]
+    wins = sum(bool(r["success"]) for r in ok)
+    return {
+        "solvable": {
+            "n": len(ok),
+            "unsolvable": len(flagged) - len(ok),
+            "unflagged": len(records) - len(flagged),
+            "success_rate": wins / len(ok) if ok else 0.0,
+            "success_ci": list(wilson(wins, len(ok))),
+            "progress_rate": sum(float(r["progress"]) for r in ok) / len(ok) if ok else 0.0,
+            "progress_ci": list(bootstrap_mean([float(r["progress"]) for r in ok])),
+            # Unsolvable episodes the agent solved anyway: the expert is not optimal (BabyAI's bot), or a bug.
+            "unsolvable_solved": sum(bool(r["success"]) for r in flagged if not r["solvable"]),
+        }
+    }
+
+
+def _macro_solvable(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The macro average over environments of the solvable-only rates (environments without solvable episodes are
+    left out), intervals stratified by environment; {} when no environment flags its episodes."""
+    from refine.stats import stratified_bootstrap
+
+    cells = [(m["solvable"], g) for m, g in zip(per_env, groups, strict=True) if "solvable" in m]
+    if not cells:
+        return {}
+    scored = [(m, [r for r in g if r.get("solvable")]) for m, g in cells if m["n"]]
+    out: dict[str, Any] = {
+        k: sum(m[k] for m, _ in cells) for k in ("n", "unsolvable", "unflagged", "unsolvable_solved")
+    }
+    out["unflagged"] += sum(m.get("episodes", 0) for m in per_env if "solvable" not in m)
+    out["envs"] = len(scored)
+    for metric in ("success", "progress"):
+        out[f"{metric}_rate"] = sum(m[f"{metric}_rate"] for m, _ in scored) / len(scored) if scored else 0.0
+        values = [
+            [float(bool(r["success"])) if metric == "success" else float(r["progress"]) for r in g] for _, g in scored
+        ]
+        out[f"{metric}_ci"] = list(stratified_bootstrap(values))
+    return {"solvable": out}
 
 
 def _macro(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]] | None = None) -> dict[str, Any]:
@@ -57,6 +106,7 @@ def _macro(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]] | N
     if groups is not None:
         out["success_ci"] = list(stratified_bootstrap([[float(bool(r["success"])) for r in g] for g in groups]))
         out["progress_ci"] = list(stratified_bootstrap([[float(r["progress"]) for r in g] for g in groups]))
+        out.update(_macro_solvable(per_env, groups))
     return out
 
 
@@ -104,6 +154,13 @@ def summarize(
                     )
         if "base" in entry and "perturbed" in entry:
             entry["drop"] = _drop(entry["base"], entry["perturbed"])
+        sv = entry.get("base", {}).get("solvable")
+        if sv and sv["unsolvable"]:
+            warnings.append(
+                f"{env}: {sv['unsolvable']} of {sv['n'] + sv['unsolvable']} flagged episodes cannot be solved within "
+                f"the step bound by the environment's expert (solvable: false); solvable.success_rate is over the "
+                f"other {sv['n']}."
+            )
         summary["envs"][env] = entry
     for group, names in (
         ("overall", envs),
