@@ -129,3 +129,49 @@ class TestPDDL:
         picks = [a for a in env.valid_actions() if a.startswith("pick ")]
         st = env.step(picks[0])
         assert not st.invalid and " is carried by " in st.observation
+
+
+@pytest.mark.slow
+class TestScienceWorld:
+    def test_rules_hand_checked(self):
+        """find-non-living-thing, test variation 225 (episode 0), played by hand: action list, progress from
+        ScienceWorld's two sequential subgoals, success at score 100, no early stop and no reset."""
+        pytest.importorskip("scienceworld")
+        from refine.envs.agentboard import SCIENCEWORLD_SIMPLIFICATION
+        from refine.envs.scienceworld import ACTION_TEMPLATES
+
+        env = make_env("scienceworld", suite="agentboard", gold=True)
+        try:
+            first = env.reset(seed=0)
+            assert (env.task, env.variation) == ("find-non-living-thing", 225)
+            assert (
+                first.info["simplification"]
+                == SCIENCEWORLD_SIMPLIFICATION
+                == ("selfWateringFlowerPots,openContainers,openDoors,noElectricalAction")
+            )
+            assert first.info["progress_source"] == "subgoals" and first.info["suite"] == "agentboard"
+            assert first.available_actions == list(ACTION_TEMPLATES)
+            assert first.instruction.startswith("Your task is to find a(n) non-living thing. First, focus on")
+            assert first.info["expert_steps"] == 7 and first.info["solvable"]
+            refused = env.step("reset task")
+            assert refused.invalid and refused.observation == "Resetting the task is not allowed."
+            unknown = env.step("fly to the moon")
+            assert unknown.invalid and unknown.observation == "No known action matches that input."
+            looked = env.step("look around")
+            assert not looked.invalid and looked.progress == 0.0 and not looked.done
+            # The gold path (7 steps; its object may differ between resets): progress 0 until the focus (1 of 2
+            # sequential subgoals), success when the object is in the box (score 100), which ends the episode.
+            env.reset(seed=0)
+            assert len(env.gold_path) == 7 and env.gold_path[5].startswith("focus on ")
+            progress = [env.step(a) for a in env.gold_path]
+            assert [st.progress for st in progress] == [0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0]
+            assert [st.done for st in progress] == [False] * 6 + [True]
+            assert progress[-1].success and progress[-1].info["score"] == 100
+            assert not any(st.success for st in progress[:-1])
+            # No early stop: whatever ScienceWorld makes of a focus on the agent, only success or the bound end it.
+            env.reset(seed=0)
+            st = env.step("focus on agent")
+            assert not st.done and not st.success
+            assert not env.step("look around").done
+        finally:
+            env.close()
