@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,27 +82,48 @@ def _check_out(out: Path, source: Path | None) -> None:
         raise ExportError(f"{out} exists and is not an earlier export; choose a new --out (nothing was written)")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the OS or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _commit(tmp: Path, out: Path) -> None:
     """Rename a finished temporary file or folder onto ``out`` (the old export stays until this moment)."""
     if tmp.is_dir():
         (tmp / _MARKER).write_text("written by refine export\n", encoding="utf-8")
-        if out.exists():
+        if not out.exists():
+            os.replace(tmp, out)
+        elif _exchange(tmp, out):  # one atomic swap: `tmp` now holds the old export
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            # Two renames: a kill between them leaves the old export in `.OUT.old-*/x`, restored by the next run.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
     else:
         os.replace(tmp, out)
 
 
 def _clean_stale(out: Path) -> None:
-    # A killed export leaves only hidden temporaries beside `out`; they never block a rerun, and are removed here.
+    """Remove what a killed export left beside `out` (hidden temporaries only: they never block a rerun), first
+    putting back an old export that a kill caught between the two renames of `_commit`."""
+    for p in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists() and (p / "x" / _MARKER).exists():
+            os.replace(p / "x", out)
+        shutil.rmtree(p, ignore_errors=True)
     for p in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in out.parent.glob(f".{out.name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def _write_text(path: Path, text: str) -> None:

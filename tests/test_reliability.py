@@ -104,6 +104,111 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path, baseline, trial):
     assert manifest["status"] == "finished" and manifest["totals"]["records"] == 12
 
 
+# ------------------------------------------------------------------------------------- kill -9 of exports
+_EXPORT_OUT = {"messages": "e.jsonl", "sharegpt": "e.json", "agentgym": "e.json", "agentrefine": "e.json"}
+
+
+def _export_run(path: Path, n: int, prefix: str) -> Path:
+    from refine.data import RunRecord
+    from refine.store import RunStore
+    from tests.test_export import _traj
+
+    with RunStore(path, config={"n": n}) as store:
+        for i in range(n):
+            rec = RunRecord(key=f"{prefix}{i}", accepted=True, trajectory=_traj(f"{prefix} persona {i}", i))
+            store.append("accepted", rec.to_json(), key=f"{prefix}{i}")
+        store.finish(totals={"accepted": n})
+    return path
+
+
+@pytest.fixture(scope="module")
+def export_sources(tmp_path_factory) -> dict[str, object]:
+    """A small run (the previous good export) and a big one (2,000 trajectories, ~7 MB: the export that is killed)."""
+    from refine.export import load_export
+
+    root = tmp_path_factory.mktemp("export-sources")
+    small, big = _export_run(root / "small", 5, "old"), _export_run(root / "big", 2000, "new")
+    ids = {}
+    for name, run in (("small", small), ("big", big)):
+        export_run(run, "messages", root / f"{name}.jsonl")
+        ids[name] = [r["id"] for r in load_export(root / f"{name}.jsonl")]
+    assert not set(ids["small"]) & set(ids["big"])
+    return {"small": small, "big": big, "ids": ids}
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name != out.name]
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_kill9_during_export_keeps_the_previous_good_export_and_a_rerun_succeeds(tmp_path, export_sources, trial):
+    """`refine export` killed with SIGKILL while it writes (every format, hf included): `--out` is always the previous
+    good export or the new complete one, never a torn one; only hidden temporaries are left, and a re-run succeeds."""
+    from refine.export import FORMATS, load_export
+
+    rng = random.Random(2000 + trial)
+    fmt = FORMATS[trial % len(FORMATS)]
+    out = tmp_path / "exports" / _EXPORT_OUT.get(fmt, f"e-{fmt}")
+    ids = export_sources["ids"]
+    export_run(export_sources["small"], fmt, out)
+    assert [r["id"] for r in load_export(out)] == ids["small"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", "from refine.cli import main; main()", "export", str(export_sources["big"])]
+    proc = subprocess.Popen([*cmd, "-f", fmt, "-o", str(out)], env=env, stdout=subprocess.DEVNULL)
+    # Kill while the export is being written: a random moment after its temporary appears beside `out`.
+    deadline = time.time() + 60
+    while not any(".tmp-" in p.name for p in out.parent.iterdir()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0.0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    mid_write = any(".tmp-" in p.name for p in _leftovers(out))
+    now = [r["id"] for r in load_export(out)]  # raises on a torn or missing export
+    assert now in (ids["small"], ids["big"]), f"{fmt}: --out holds neither the old nor the new export"
+    assert all(p.name.startswith(f".{out.name}.") for p in _leftovers(out)), _leftovers(out)
+    export_run(export_sources["big"], fmt, out)
+    again = [r["id"] for r in load_export(out)]
+    _log(
+        test="kill9_export",
+        format=fmt,
+        trials=1,
+        killed_mid_write=int(mid_write),
+        kept_previous=int(now == ids["small"]),
+        lost=len(set(ids["big"]) - set(again)),
+        duplicated=len(again) - len(set(again)),
+    )
+    assert again == ids["big"]
+    assert _leftovers(out) == [], "the re-run left temporaries behind"
+
+
+def test_an_export_killed_between_its_two_renames_is_restored_by_the_next_run(tmp_path, export_sources, monkeypatch):
+    """Where the OS cannot swap two folders in one step, a kill between the two renames leaves the old export in a
+    hidden folder; the next export puts it back before anything else (and a failing one leaves it in place)."""
+    import refine.export as ex
+
+    out = tmp_path / "hf"
+    export_run(export_sources["small"], "hf", out)
+    monkeypatch.setattr(ex, "_exchange", lambda a, b: False)
+    real, calls = os.replace, []
+
+    def dying_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill, after `out` moved aside and before the new folder moved in
+        return real(src, dst)
+
+    monkeypatch.setattr(ex.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(export_sources["big"], "hf", out)
+    monkeypatch.setattr(ex.os, "replace", real)
+    assert not out.exists() and any(".old-" in p.name for p in tmp_path.iterdir())
+    with pytest.raises(ex.ExportError, match="--template 'nope' is not one of"):
+        export_run(export_sources["small"], "trl", tmp_path / "trl", template="nope")
+    ex._clean_stale(out)
+    assert [r["id"] for r in ex.load_export(out)] == export_sources["ids"]["small"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
 def test_flaky_lm_run_completes_and_records_failures(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINE_FAKE_FAILURE_RATE", "0.3")
     lm = make_flaky_lm()
