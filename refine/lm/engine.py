@@ -14,45 +14,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import functools
 import itertools
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 from refine import interrupt
 from refine.errors import LMError
-from refine.lm.compute import run_on_compute_thread
+from refine.lm.batcher import Batcher, Job, chat_messages, stop_on_interrupt, system_prefix_len
+from refine.lm.batchkv import batched_cache, cache_kwarg, cache_of, layout, row_layers, spans
 from refine.lm.decoding import RowsProcessor, grammar_for_request
 from refine.lm.grammar import GrammarBounds
-from refine.lm.loader import LoadedModel, load_model
+from refine.lm.loader import LoadedModel, load_model, resolve_quantize
 
 __all__ = ["AsyncLocalEngine", "BatchRecord", "LocalEngine"]
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()
-_MAX_WAIT_FACTOR = 5
 _MIN_PREFIX = 16  # shorter cached prefixes are not worth a cache copy
 _PAD_WASTE = 1.5  # prefill rows apart when padding would add more than half the uncached prompt tokens
-
-
-@functools.cache
-def _cache_kwarg() -> str:
-    """generate()'s keyword for a ready KV cache: transformers 5 renamed `past_key_values` to `cache`."""
-    from importlib.metadata import version
-
-    return "cache" if int(version("transformers").split(".")[0]) >= 5 else "past_key_values"
-
-
-def _cache_of(output: Any) -> Any:
-    """The KV cache of a forward or generate() output (transformers 5 names it `cache`, 4 `past_key_values`)."""
-    fields = output.keys() if hasattr(output, "keys") else ()
-    return output["cache"] if "cache" in fields else getattr(output, "past_key_values", None)
 
 
 class BatchRecord(NamedTuple):
@@ -75,211 +57,6 @@ class BatchRecord(NamedTuple):
     prefill_passes: int = 0
 
 
-@dataclass
-class _Job:
-    request: Any
-    future: Future
-    loaded: LoadedModel
-    prompt_ids: list[int]
-    grammar: str | None
-    max_new: int
-    sample_key: tuple[Any, ...]
-    prefix_len: int
-    queued_at: float = field(default_factory=time.perf_counter)
-
-
-def _text_of(content: Any, what: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        text = getattr(part, "text", None)
-        if text is None:
-            raise LMError(f"The in-process engine handles text only; the {what} has a {type(part).__name__} part")
-        texts.append(text)
-    return "\n".join(texts)
-
-
-def _chat_messages(request: Any) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    system = _text_of(request.system, "system prompt")
-    if system:
-        messages.append({"role": "system", "content": system})
-    for message in request.messages:
-        text = message.text
-        if text is None:
-            raise LMError(f"The in-process engine handles text only; a {message.role} message has non-text parts")
-        role = {"developer": "system", "tool": "user"}.get(message.role, message.role)
-        messages.append({"role": role, "content": text})
-    return messages
-
-
-def _system_prefix_len(loaded: LoadedModel, messages: list[dict[str, str]], prompt_ids: list[int]) -> int:
-    """Length of the system turn's tokens when they are a prefix of the prompt (their KV cache can be reused)."""
-    if loaded.prefix_cache_entries <= 0 or not messages or messages[0]["role"] != "system":
-        return 0
-    system_ids = loaded.tokenizer.apply_chat_template(
-        messages[:1], add_generation_prompt=False, tokenize=True, return_dict=False
-    )
-    n = len(system_ids)
-    # Keep at least one prompt token outside the prefix: generate() needs a token to feed.
-    return n if 0 < n < len(prompt_ids) and prompt_ids[:n] == list(system_ids) else 0
-
-
-def _spans(attended: list[int]) -> list[tuple[int, int]]:
-    """The `[start, stop)` runs of 1s in a row of an attention mask.
-
-    Example:
-        >>> _spans([0, 0, 1, 1, 0, 1, 1, 1])
-        [(2, 4), (5, 8)]
-    """
-    spans: list[tuple[int, int]] = []
-    for index, bit in enumerate(attended):
-        if bit and spans and spans[-1][1] == index:
-            spans[-1] = (spans[-1][0], index + 1)
-        elif bit:
-            spans.append((index, index + 1))
-    return spans
-
-
-def _layers(cache: Any, row: int, spans: list[tuple[int, int]], torch: Any) -> list[tuple[Any, Any]]:
-    """Row `row` of a batched KV cache, at the `[start, stop)` spans of its sequence axis, as per-layer
-    `(keys, values)` copies (slices are copied at memory speed; a gather of the same positions is ~4x slower)."""
-
-    def take(tensor: Any) -> Any:
-        parts = [tensor[row, :, start:stop] for start, stop in spans]
-        return parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=1)
-
-    return [(take(layer.keys), take(layer.values)) for layer in cache.layers]
-
-
-def _layout(rows: list[tuple[list[int], int]], cached: int, pad_id: int, torch: Any) -> tuple[Any, Any]:
-    """Input ids and attention mask of rows `(tokens, n)` whose first `n` tokens are in a KV cache of `cached`
-    positions: `[padding | first n tokens | padding | rest]`, the first n right-aligned at `cached`, the rest at the
-    end.
-
-    Example:
-        >>> import torch
-        >>> ids, mask = _layout([([5, 6, 7], 2), ([8, 9], 0)], 2, 0, torch)
-        >>> ids.tolist(), mask.tolist()
-        ([[5, 6, 0, 7], [0, 0, 8, 9]], [[1, 1, 0, 1], [0, 0, 1, 1]])
-    """
-    width = cached + max(len(tokens) - n for tokens, n in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (tokens, n) in enumerate(rows):
-        if n:
-            input_ids[row, cached - n : cached] = torch.tensor(tokens[:n], dtype=torch.long)
-            attention[row, cached - n : cached] = 1
-        rest = tokens[n:]
-        input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-        attention[row, width - len(rest) :] = 1
-    return input_ids, attention
-
-
-def _batched_cache(parts: list[tuple[int, Any]], width: int, torch: Any, *, config: Any, capacity: int) -> Any:
-    """A `StaticCache` of `capacity` positions whose row i holds `parts[i] = (length, entry)` right-aligned in its
-    first `width` positions, ready for the tokens that follow.
-
-    Positions before a row's cached tokens stay zero; the attention mask hides them. A static cache is written in
-    place as tokens are added, where a `DynamicCache` copies itself whole at every step (25% of a decoding step for
-    16 rows of 1,000 tokens on 2 CPU cores). Each entry is copied once, straight into the cache's own tensors.
-    """
-    from transformers import StaticCache
-
-    template = next(entry for n, entry in parts if n)
-    cache = StaticCache(config=config, max_cache_len=capacity)
-    for index, (layer, (k0, v0)) in enumerate(zip(cache.layers, template.layers, strict=True)):
-        shape = (len(parts), k0.shape[0], width, k0.shape[2])
-        direct = hasattr(layer, "cumulative_length") and hasattr(layer, "lazy_initialization")
-        if direct:  # transformers >= 5: fill the layer's preallocated tensors, no staging copy
-            empty = k0.new_empty((*shape[:2], 0, shape[3]))
-            layer.lazy_initialization(empty, empty)
-            keys, values = layer.keys[:, :, :width], layer.values[:, :, :width]
-        else:
-            keys, values = k0.new_zeros(shape), v0.new_zeros(shape)
-        for row, (n, entry) in enumerate(parts):
-            if n:
-                k, v = entry.layers[index]
-                keys[row, :, width - n :] = k[:, :n]
-                values[row, :, width - n :] = v[:, :n]
-        if direct:
-            layer.cumulative_length.fill_(width)
-        else:
-            layer.update(keys, values)
-    return cache
-
-
-@functools.cache
-def _stop_on_interrupt() -> Any:
-    """A transformers stopping criterion that ends every row at the next token once a stop was requested (Ctrl-C)."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class StopOnInterrupt(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), interrupt.requested(), dtype=torch.bool, device=input_ids.device)
-
-    return StopOnInterrupt()
-
-
-class _Batcher:
-    """The queue and worker thread of one (engine, model) pair."""
-
-    def __init__(self, engine: LocalEngine, loaded: LoadedModel) -> None:
-        self.engine = engine
-        self.loaded = loaded
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name=f"refine-lm-batcher-{loaded.source.kind}", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.queue.put(_STOP)
-
-    def _collect(self) -> tuple[list[_Job], bool]:
-        first = self.queue.get()
-        if first is _STOP:
-            return [], True
-        jobs = [first]
-        # Sliding window: wait `batch_wait_ms` after the latest arrival (callers of one `module.batch` arrive a few ms
-        # apart on a busy CPU), but never more than `_MAX_WAIT_FACTOR` windows in all.
-        window = self.engine.batch_wait_ms / 1000.0
-        hard_deadline = time.perf_counter() + window * _MAX_WAIT_FACTOR
-        deadline = time.perf_counter() + window
-        while len(jobs) < self.engine.max_batch:
-            remaining = min(deadline, hard_deadline) - time.perf_counter()
-            try:
-                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-            deadline = time.perf_counter() + window
-        return jobs, False
-
-    def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            jobs, stopping = self._collect()
-            groups: dict[tuple[Any, ...], list[_Job]] = collections.defaultdict(list)
-            for job in jobs:
-                if job.future.set_running_or_notify_cancel():
-                    groups[job.sample_key].append(job)
-            for group in groups.values():
-                try:  # on the compute thread, where the model was loaded (see refine.lm.compute)
-                    run_on_compute_thread(self.engine._run_batch, self.loaded, group)
-                except Exception as exc:  # the worker must survive; every caller gets the error
-                    if not interrupt.requested():  # a run that is stopping cuts its batches short on purpose
-                        logger.exception("Batched generation failed for %d requests", len(group))
-                    error = exc if isinstance(exc, LMError) else LMError(f"In-process generation failed: {exc}")
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-
-
 class LocalEngine:
     """DSPy engine running an HF causal LM in-process, with micro-batching and grammar-constrained decoding.
 
@@ -293,6 +70,8 @@ class LocalEngine:
             at most 5 windows in all).
         default_max_tokens: generation limit when a request sets none.
         dtype: weights dtype (`float32`, `bfloat16`, `float16`; default `$REFINE_LM_DTYPE` or float32).
+        quantize: weight-only quantized linears for float32 CPU models, `none`, `int8` or `int4` (default
+            `$REFINE_LM_QUANT`, else `none`; see `refine.lm.quantize`).
         torch_threads: torch intra-op threads (default `$REFINE_TORCH_THREADS` or min(2, cpus)).
         bounds: caps injected into JSON schemas from `response_format`.
         keep_batches: how many `BatchRecord`s to keep in `batches`.
@@ -321,6 +100,7 @@ class LocalEngine:
         torch_threads: int | None = None,
         bounds: GrammarBounds | None = None,
         keep_batches: int = 10_000,
+        quantize: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise LMError(f"max_batch must be >= 1, got {max_batch}")
@@ -328,14 +108,17 @@ class LocalEngine:
             raise LMError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
         if default_max_tokens < 1:
             raise LMError(f"default_max_tokens must be >= 1, got {default_max_tokens}")
+        if quantize is not None:
+            resolve_quantize(quantize)  # an unknown mode fails here, not on the first call
         self.max_batch = int(max_batch)
         self.batch_wait_ms = float(batch_wait_ms)
         self.default_max_tokens = int(default_max_tokens)
         self.dtype = dtype
+        self.quantize = quantize
         self.torch_threads = torch_threads
         self.bounds = bounds or GrammarBounds()
         self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=keep_batches)
-        self._batchers: dict[int, _Batcher] = {}
+        self._batchers: dict[int, Batcher] = {}
         self._lock = threading.Lock()
         self._executor: Any = None
         self._ids = itertools.count()
@@ -348,6 +131,7 @@ class LocalEngine:
             "batch_wait_ms": self.batch_wait_ms,
             "default_max_tokens": self.default_max_tokens,
             "dtype": self.dtype,
+            "quantize": self.quantize,
             "torch_threads": self.torch_threads,
             "bounds": [self.bounds.max_text, self.bounds.max_string, self.bounds.max_items],
         }
@@ -407,15 +191,15 @@ class LocalEngine:
                 "The in-process engine does no native function calling; use dspy.ReAct or a ChatAdapter without "
                 "use_native_function_calling"
             )
-        loaded = load_model(request.model, dtype=self.dtype, torch_threads=self.torch_threads)
+        loaded = load_model(request.model, dtype=self.dtype, torch_threads=self.torch_threads, quantize=self.quantize)
         config = request.config
         max_new = int(config.max_tokens or self.default_max_tokens)
-        messages = _chat_messages(request)
+        messages = chat_messages(request)
         with loaded.tokenizer_lock:
             prompt_ids = loaded.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
-            prefix_len = _system_prefix_len(loaded, messages, prompt_ids)
+            prefix_len = system_prefix_len(loaded, messages, prompt_ids)
         limit = getattr(loaded.model.config, "max_position_embeddings", None)
         if limit and len(prompt_ids) + max_new > limit:
             raise LMError(
@@ -431,15 +215,15 @@ class LocalEngine:
             config.top_k if temperature > 0 else None,
             config.seed,
         )
-        job = _Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key, prefix_len)
+        job = Job(request, Future(), loaded, list(prompt_ids), grammar, max_new, sample_key, prefix_len)
         self._batcher(loaded).queue.put(job)
         return job.future
 
-    def _batcher(self, loaded: LoadedModel) -> _Batcher:
+    def _batcher(self, loaded: LoadedModel) -> Batcher:
         with self._lock:
             batcher = self._batchers.get(id(loaded))
             if batcher is None:
-                batcher = self._batchers[id(loaded)] = _Batcher(self, loaded)
+                batcher = self._batchers[id(loaded)] = Batcher(self, loaded)
             return batcher
 
     def _ll_executor(self) -> Any:
@@ -450,7 +234,7 @@ class LocalEngine:
                 self._executor = llguidance.LLExecutor(num_threads=1)
             return self._executor
 
-    def _run_batch(self, loaded: LoadedModel, jobs: list[_Job]) -> None:
+    def _run_batch(self, loaded: LoadedModel, jobs: list[Job]) -> None:
         import torch
 
         # Longest prompts first: rows of similar lengths sit together, so attention can skip the padding of each
@@ -467,7 +251,7 @@ class LocalEngine:
                 job.future.set_result(response)
 
     @staticmethod
-    def _cached_prefix(loaded: LoadedModel, job: _Job, torch: Any) -> tuple[int, Any]:
+    def _cached_prefix(loaded: LoadedModel, job: Job, torch: Any) -> tuple[int, Any]:
         """`(tokens reused, entry)` for one job: the longest cached prefix, else the system turn (computed now)."""
         store = loaded.prefix_cache
         if store.max_entries <= 0:
@@ -488,11 +272,11 @@ class LocalEngine:
         the input, both right-aligned; position ids count real tokens only. No logits are needed beyond one position.
         """
         cached = max(n for _, n, _ in rows)
-        input_ids, attention = _layout([(tokens, n) for tokens, n, _ in rows], cached, loaded.pad_id, torch)
+        input_ids, attention = layout([(tokens, n) for tokens, n, _ in rows], cached, loaded.pad_id, torch)
         input_ids = input_ids[:, cached:]  # the cached tokens are fed through the KV cache
         extra: dict[str, Any] = {}
         if cached:
-            extra[_cache_kwarg()] = _batched_cache(
+            extra[cache_kwarg()] = batched_cache(
                 [(n, entry) for _, n, entry in rows],
                 cached,
                 torch,
@@ -503,9 +287,9 @@ class LocalEngine:
             extra["attention_mask"] = attention
             extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, cached:]
         output = loaded.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
-        cache = _cache_of(output)
+        cache = cache_of(output)
         for row, (tokens, _, _) in enumerate(rows):
-            loaded.prefix_cache.put(tokens, _layers(cache, row, _spans(attention[row].tolist()), torch))
+            loaded.prefix_cache.put(tokens, row_layers(cache, row, spans(attention[row].tolist()), torch))
 
     @staticmethod
     def _buckets(lengths: list[int]) -> list[list[int]]:
@@ -540,7 +324,7 @@ class LocalEngine:
     @staticmethod
     def _keep_kv(
         loaded: LoadedModel,
-        jobs: list[_Job],
+        jobs: list[Job],
         attention: Any,
         cache: Any,
         width: int,
@@ -553,12 +337,12 @@ class LocalEngine:
         seen = int(cache.get_seq_length()) - width  # generated tokens fed back (all but the last)
         for row, job in enumerate(jobs):
             fed = rows_tokens[row][0][: max(0, seen)]
-            spans = _spans(attention[row].tolist())
+            runs = spans(attention[row].tolist())
             if fed:  # the generated tokens follow the prompt's last one
-                spans[-1] = (spans[-1][0], width + len(fed))
-            loaded.prefix_cache.put([*job.prompt_ids, *fed], _layers(cache, row, spans, torch))
+                runs[-1] = (runs[-1][0], width + len(fed))
+            loaded.prefix_cache.put([*job.prompt_ids, *fed], row_layers(cache, row, runs, torch))
 
-    def _generate(self, loaded: LoadedModel, jobs: list[_Job], torch: Any) -> list[Any]:
+    def _generate(self, loaded: LoadedModel, jobs: list[Job], torch: Any) -> list[Any]:
         from dspy.lm15 import Message, Response, Usage
 
         rows = len(jobs)
@@ -605,12 +389,12 @@ class LocalEngine:
                 prefilled = len(todo)
                 parts = [self._cached_prefix(loaded, job, torch) for job in jobs]
             cached = max(n for n, _ in parts)
-            layout = [(job.prompt_ids, n) for job, (n, _) in zip(jobs, parts, strict=True)]
-            input_ids, attention = _layout(layout, cached, loaded.pad_id, torch)
+            rows_in = [(job.prompt_ids, n) for job, (n, _) in zip(jobs, parts, strict=True)]
+            input_ids, attention = layout(rows_in, cached, loaded.pad_id, torch)
             width = input_ids.shape[1]
             extra: dict[str, Any] = {}
             if cached:
-                extra[_cache_kwarg()] = _batched_cache(
+                extra[cache_kwarg()] = batched_cache(
                     parts, cached, torch, config=loaded.model.config, capacity=width + generation.max_new_tokens
                 )
             result = loaded.model.generate(
@@ -618,13 +402,13 @@ class LocalEngine:
                 attention_mask=attention,
                 generation_config=generation,
                 logits_processor=[processor],
-                stopping_criteria=[_stop_on_interrupt()],
+                stopping_criteria=[stop_on_interrupt()],
                 **extra,
             )
             output = result.sequences
             rows_tokens = [self._row_tokens(loaded, output, row, width, job.max_new) for row, job in enumerate(jobs)]
             if loaded.prefix_cache.max_entries > 0:
-                self._keep_kv(loaded, jobs, attention, _cache_of(result), width, rows_tokens, torch)
+                self._keep_kv(loaded, jobs, attention, cache_of(result), width, rows_tokens, torch)
         seconds = time.perf_counter() - started
         responses = []
         produced = 0

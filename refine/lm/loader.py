@@ -23,11 +23,13 @@ from refine.lm.kvcache import PrefixKVStore
 
 __all__ = [
     "EMBEDDED",
+    "QUANT_MODES",
     "LoadedModel",
     "ModelSource",
     "is_local_model",
     "load_model",
     "loaded_models",
+    "resolve_quantize",
     "resolve_source",
     "set_torch_threads",
 ]
@@ -36,6 +38,22 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 _DTYPES = ("float32", "bfloat16", "float16")
+#: Weight-only quantization modes of the in-process engine's linears (`refine.lm.quantize`).
+QUANT_MODES = ("none", "int8", "int4", "int8dyn")
+
+
+def resolve_quantize(mode: str | None) -> str:
+    """The quantization mode to use: `mode`, else `$REFINE_LM_QUANT`, else `none`.
+
+    Raises:
+        LMError: for an unknown mode.
+    """
+    value = (mode or os.environ.get("REFINE_LM_QUANT") or "none").strip().lower()
+    if value in ("0", "off", "false", "no", "fp32", "float32"):
+        value = "none"
+    if value not in QUANT_MODES:
+        raise LMError(f"Unknown quantize mode {value!r} for the in-process LM; use one of {', '.join(QUANT_MODES)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,7 @@ class LoadedModel:
     Attributes:
         source: where it came from.
         dtype: torch dtype name the weights were loaded in.
+        quantize: `none`, or the weight-only quantization of its linears (`int8`, `int4`; `refine.lm.quantize`).
         model: the `AutoModelForCausalLM`, for inference only: eval mode and, on CPU, trimmed SDPA attention
             (`refine.lm.attention`) and float32 linears with oneDNN copies of their weights (`refine.lm.onednn`).
             Loaded on, and run by, the engine's compute thread (`refine.lm.compute`).
@@ -118,6 +137,7 @@ class LoadedModel:
     tokenizer: Any
     eos_ids: tuple[int, ...]
     pad_id: int
+    quantize: str = "none"
     lock: threading.Lock = field(default_factory=threading.Lock)
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float = 0.0
@@ -159,9 +179,9 @@ class LoadedModel:
             return self._ll_tokenizer
 
 
-_registry: dict[tuple[str, str], LoadedModel] = {}
+_registry: dict[tuple[str, str, str], LoadedModel] = {}
 _registry_lock = threading.Lock()
-_key_locks: dict[tuple[str, str], threading.Lock] = {}
+_key_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _threads_set = False
 
 
@@ -218,7 +238,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None) -> LoadedModel:
+def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None, quantize: str) -> LoadedModel:
     """Load a model for inference (on the compute thread): tokenizer, weights, attention and linear kernels."""
     global _threads_set
     import torch
@@ -247,9 +267,16 @@ def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None
         from refine.lm.attention import register_trimmed_attention
 
         hf_model.set_attn_implementation(register_trimmed_attention())
-    from refine.lm.onednn import use_onednn_linears
+    if quantize != "none":
+        if dtype != "float32" or hf_model.device.type != "cpu":
+            raise LMError(f"quantize={quantize!r} needs a float32 model on CPU (got {dtype} on {hf_model.device.type})")
+        from refine.lm.quantize import dense_rows_for, quantize_linears
 
-    use_onednn_linears(hf_model)  # inference only: the engine never trains or saves this model
+        quantize_linears(hf_model, quantize, dense_rows=dense_rows_for(hf_model, quantize))
+    else:
+        from refine.lm.onednn import use_onednn_linears
+
+        use_onednn_linears(hf_model)  # inference only: the engine never trains or saves this model
     tokenizer.padding_side = "left"
     eos_ids = _eos_ids(hf_model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
@@ -265,17 +292,22 @@ def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None
         tokenizer=tokenizer,
         eos_ids=eos_ids,
         pad_id=int(pad_id),
+        quantize=quantize,
         load_seconds=time.perf_counter() - start,
     )
 
 
-def load_model(model: str, dtype: str | None = None, torch_threads: int | None = None) -> LoadedModel:
+def load_model(
+    model: str, dtype: str | None = None, torch_threads: int | None = None, quantize: str | None = None
+) -> LoadedModel:
     """Load (or return the already loaded) model for a model string.
 
     Args:
         model: `embedded`, `local/<dir>`, `hf/<repo>` or a checkpoint folder.
         dtype: `float32` (default, or `$REFINE_LM_DTYPE`), `bfloat16` or `float16`.
         torch_threads: torch intra-op threads, set on the first load of the process (see `set_torch_threads`).
+        quantize: weight-only quantization of the linears, `none`, `int8` or `int4` (default `$REFINE_LM_QUANT`,
+            else `none`); float32 CPU models only (see `refine.lm.quantize`).
 
     Returns:
         The shared `LoadedModel`.
@@ -286,8 +318,9 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
     dtype = dtype or os.environ.get("REFINE_LM_DTYPE") or "float32"
     if dtype not in _DTYPES:
         raise LMError(f"Unknown dtype {dtype!r} for the in-process LM; use one of {', '.join(_DTYPES)}")
+    quantize = resolve_quantize(quantize)
     source = resolve_source(model)
-    key = (source.location, dtype)
+    key = (source.location, dtype, quantize)
     with _registry_lock:
         if key in _registry:
             return _registry[key]
@@ -297,8 +330,8 @@ def load_model(model: str, dtype: str | None = None, torch_threads: int | None =
             if key in _registry:
                 return _registry[key]
         # Loaded on the thread that will run it: see refine.lm.compute (one OpenMP pool, not two).
-        loaded = run_on_compute_thread(_load, model, source, dtype, torch_threads)
-        logger.info("Loaded %s (%s) in %.1f s", model, dtype, loaded.load_seconds)
+        loaded = run_on_compute_thread(_load, model, source, dtype, torch_threads, quantize)
+        logger.info("Loaded %s (%s, quantize %s) in %.1f s", model, dtype, quantize, loaded.load_seconds)
         with _registry_lock:
             _registry[key] = loaded
         return loaded

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: Adapter names accepted by `configure(adapter=...)`.
 ADAPTERS = ("auto", "grammar", "chat", "json")
 
-_ENGINE_KEYS = ("max_batch", "batch_wait_ms", "default_max_tokens", "dtype", "torch_threads", "bounds")
+_ENGINE_KEYS = ("max_batch", "batch_wait_ms", "default_max_tokens", "dtype", "quantize", "torch_threads", "bounds")
 _LOCAL_DEFAULTS = {"max_tokens": 512, "temperature": 0.0}
 # Seconds one call to a remote LM may take unless `timeout=` is given (the client default is 600 s per read).
 REMOTE_TIMEOUT_S = 60.0
