@@ -66,7 +66,11 @@ class TestSFTConfigTranslation:
         assert kw["max_length"] is None and kw["padding_free"] is True and kw["packing"] is False
         assert kw["use_cpu"] is True and kw["optim"] == "adamw_torch"
         ckpt = "activation_checkpointing" if "activation_checkpointing" in kw else "gradient_checkpointing"
-        assert kw[ckpt] is True
+        assert kw[ckpt] is False, "auto: no checkpointing on CPU unless distill() finds the batch too big"
+        on = sft_config_kwargs(
+            DistillConfig(out=tmp_path, gradient_checkpointing=True), cuda=False, bf16=False, padding_free=True
+        )
+        assert on[ckpt] is True and on[f"{ckpt}_kwargs"] == {"use_reentrant": False}
 
     def test_padded_keeps_max_length_and_lora_lr(self, tmp_path):
         cfg = DistillConfig(out=tmp_path, lora=True, max_length=512, gradient_checkpointing=False)

@@ -166,8 +166,10 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
     if "max_length" not in names and "max_seq_length" in names:
         kw["max_seq_length"] = kw.pop("max_length")
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    kw[ckpt] = cfg.gradient_checkpointing
-    if cfg.gradient_checkpointing:
+    # `auto` is resolved by `distill()` from the data; called directly, auto means on with CUDA only
+    checkpointing = cfg.gradient_checkpointing if isinstance(cfg.gradient_checkpointing, bool) else cuda
+    kw[ckpt] = checkpointing
+    if checkpointing:
         kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
     if not cuda:
         kw["use_cpu" if "use_cpu" in names else "no_cuda"] = True
@@ -381,6 +383,9 @@ def distill(
     examples, stats = tokenize_rows(tok, rows, config.max_length, cap=cap)
     if stats["max_length"] > config.max_length:  # rows kept whole: TRL must not cut them again
         config = config.model_copy(update={"max_length": stats["max_length"]})
+    micro_tokens = config.batch_size * stats["max_length"]
+    checkpointing = config.resolved_checkpointing(cuda=cuda, micro_tokens=micro_tokens, model_config=model.config)
+    config = config.model_copy(update={"gradient_checkpointing": checkpointing})
     config.out.mkdir(parents=True, exist_ok=True)
     logger.info("distilling %d examples (%d tokens) into %s", stats["examples"], stats["tokens"], config.out)
     trainer = make_trainer(model, tok, examples, config, padding_free=padding_free, bf16=bf16, progress=progress)
@@ -394,6 +399,7 @@ def distill(
     stats["train_seconds"] = round(time.perf_counter() - t0, 2)
     stats["padding_free"] = padding_free
     stats["bf16"] = bf16
+    stats["gradient_checkpointing"] = checkpointing
     history = list(trainer.state.log_history)
     _save(trainer, tok, config, base)
     curve = None
