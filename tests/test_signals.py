@@ -96,7 +96,8 @@ def test_interrupted_local_run_abandons_in_flight_items_and_marks_the_manifest(t
             time.sleep(0.05)
             return [Emit("results", f"n{n}", {"n": n})]
         started.set()
-        while not interrupt.requested():
+        give_up = time.monotonic() + 30  # never hang the suite: a swallowed signal fails the test instead
+        while not interrupt.requested() and time.monotonic() < give_up:
             time.sleep(0.01)
         return [Emit("results", f"n{n}", {"n": n})]  # finished after the stop: must not be written
 
@@ -105,9 +106,14 @@ def test_interrupted_local_run_abandons_in_flight_items_and_marks_the_manifest(t
         time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the main thread from its wait
 
+    # Python's own SIGINT handler (raise KeyboardInterrupt), whatever an earlier test in this process left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt), RunStore(tmp_path / "run", config={"n": 4}) as store:
-        run_items(range(4), work, store=store, key=lambda n: f"n{n}", workers=2)
+    try:
+        with pytest.raises(KeyboardInterrupt), RunStore(tmp_path / "run", config={"n": 4}) as store:
+            run_items(range(4), work, store=store, key=lambda n: f"n{n}", workers=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "interrupted"
     keys = {r["key"] for r in _lines(tmp_path / "run" / "results.jsonl")}
     assert keys <= {"n0"}

@@ -24,7 +24,7 @@ def activation_bytes(tokens: int, model_config: Any) -> int:
         >>> from types import SimpleNamespace
         >>> smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
         >>> round(activation_bytes(1000, smollm2) / 2**20)  # MiB
-        2233
+        2232
     """
     hidden = int(getattr(model_config, "hidden_size", 0) or 0)
     inter = int(getattr(model_config, "intermediate_size", 0) or 4 * hidden)
