@@ -258,12 +258,13 @@ def resolve_agent(spec: str, lm: str | None = None, **lm_kwargs: Any) -> ChatAge
     * `chat` -> `ChatAgent` on `lm` (default "embedded");
     * `program` -> `ProgramAgent` on `lm`; `program:<file.json>` also loads a saved (optimized) agent state;
     * `package.module:attr` -> `attr(lm)` (a factory receiving the `dspy.LM`, or None) returning an agent;
-    * anything else is an LM spec for `refine.lm.get_lm` (`embedded`, `local/<dir>`, a LiteLLM string) -> `ChatAgent`.
+    * anything else is an LM spec for `refine.lm.resolve_lm` (`embedded`, `local/<dir>`, `hf/<repo>`, a LiteLLM
+      string, `py:package.module:attr`) -> `ChatAgent`.
     """
-    from refine.lm import get_lm
+    from refine.lm import resolve_lm
 
     def _lm(model: str | None) -> Any:
-        return get_lm(model or "embedded", **lm_kwargs)
+        return resolve_lm(model or "embedded", **lm_kwargs)
 
     if spec == "chat":
         return ChatAgent(_lm(lm))

@@ -115,7 +115,9 @@ def import_object(
 def load_py_lm(spec: str, **kwargs: Any) -> Any:
     """The LM named by a `py:package.module:attr` spec (e.g. a fake LM for tests).
 
-    attr is either a `dspy.BaseLM`, returned as is, or a factory called as `attr(**kwargs)` that returns one.
+    attr is either a `dspy.BaseLM`, returned as is, or a factory called as `attr(**kwargs)` that returns one. A
+    factory gets the settings its signature names (all of them if it takes `**kwargs`): commands pass their decoding
+    defaults (`max_tokens`, `temperature`) to every LM, and a fake LM's factory need not accept them.
 
     Raises:
         ConfigError: the spec is malformed or cannot be imported, or it does not give a dspy LM.
@@ -127,7 +129,22 @@ def load_py_lm(spec: str, **kwargs: Any) -> Any:
         return obj
     if not callable(obj):
         raise ConfigError(f"LM spec {spec!r} names a {type(obj).__name__}, not a dspy LM or a factory of one.")
-    lm = obj(**kwargs)
+    lm = obj(**_accepted(obj, kwargs))
     if not isinstance(lm, dspy.BaseLM):
         raise ConfigError(f"LM spec {spec!r} gave a {type(lm).__name__}, not a dspy LM.")
     return lm
+
+
+def _accepted(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `kwargs` that `factory` takes (all of them when it takes **kwargs or has no
+    readable signature)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kwargs
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}

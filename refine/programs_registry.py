@@ -4,7 +4,8 @@ A program spec is one of: a built-in name (see `BUILTIN`), `package.module:attr`
 a `GraphModule` or a zero-argument factory returning one of those, or a directory/file written by `refine optimize`.
 
 A saved directory is data: the program its `report.json` names is rebuilt only when it is one of `BUILTIN` (or a
-spec the caller passes in `trust`), and no option in it can make refine import anything else.
+spec the caller passes in `trust`), and no option in it can make refine import anything else
+(`refine.saved_program`, below this module). `load_program` is the one loader every command uses.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from refine.errors import ConfigError, RefineError
 from refine.imports import import_object
+from refine.saved_program import load_saved
 
-__all__ = ["BUILTIN", "load_graph", "load_program", "trusted_targets"]
+__all__ = ["BUILTIN", "load_graph", "load_optimized", "load_program", "trusted_targets"]
 
 # name -> "module:factory"; each factory takes keyword options and returns a ProgramGraph.
 BUILTIN: dict[str, str] = {
@@ -65,14 +67,47 @@ def load_graph(spec: str, **options: Any) -> Any:
     return obj
 
 
-def load_program(spec: str, trust: Iterable[str] = (), **options: Any) -> Any:
-    """Return a compiled program: a saved optimized program (directory or .json next to its meta) or a graph.
+def load_optimized(
+    path: str | Path, program: Any = None, allow_pickle: bool = False, trust: Iterable[str] = ()
+) -> Any:
+    """Load a program written by `refine optimize` / `refine.optimizers.optimize(..., out=DIR)`.
 
-    `trust`: `module:attr` specs the user gave for this run that a saved program's report may name.
+    The folder is data: the program spec recorded in `report.json` is rebuilt only when it is one of this project's
+    programs (`BUILTIN`) or listed in `trust`, and its recorded options cannot make refine import anything else
+    (`refine.imports.only_trusted_imports`). Nothing is unpickled unless `allow_pickle`.
+
+    Args:
+        path: the output directory, or its `program.json`.
+        program: the un-optimized program (spec, `ProgramGraph` or module) to load the state into; by default the
+            program spec recorded in `report.json` is rebuilt with its recorded options. A spec given here is
+            trusted (you typed it).
+        allow_pickle: load the whole pickled program when no spec was recorded (only for files you trust: loading
+            a pickle runs any code it holds).
+        trust: `module:attr` program specs you trust for this load, besides the built-in programs.
+
+    Raises:
+        ConfigError: the path holds no optimized program, names a program that is not trusted, or the program
+            cannot be rebuilt.
     """
+    trusted = {*trust, *([program] if isinstance(program, str) else [])}
+    return load_saved(
+        path, build_graph=load_graph, allowed=trusted_targets(trusted), program=program, allow_pickle=allow_pickle
+    )
+
+
+def load_program(spec: Any, trust: Iterable[str] = (), **options: Any) -> Any:
+    """The one program loader: a compiled program from a spec.
+
+    `spec` is a saved optimized program (a directory, or a .json next to its report), a built-in name or
+    `package.module:attr` (built with `options`), or already a program: a `ProgramGraph` is compiled, any other
+    object is returned as is. `trust`: `module:attr` specs the user gave for this run that a saved program's report
+    may name.
+    """
+    from refine.graph import ProgramGraph
+
+    if not isinstance(spec, str):
+        return spec.compile() if isinstance(spec, ProgramGraph) else spec
     path = Path(spec)
     if path.exists():
-        from refine.optimizers import load_optimized
-
         return load_optimized(path, trust=trust)
     return load_graph(spec, **options).compile()

@@ -301,10 +301,11 @@ class TestWorkerLM:
             WorkerLM("")
 
     def test_a_model_string_becomes_a_worker_lm(self, tmp_path, monkeypatch):
-        import refine.lm
+        import refine.lm.resolve
 
-        # A plain string goes through refine.lm.get_lm in each process; stand in for it with the fake teacher.
-        monkeypatch.setattr(refine.lm, "get_lm", fake_lm, raising=False)
+        # A plain string goes through the one resolver (refine.lm.resolve_lm -> get_lm for model strings) in each
+        # process; stand in for get_lm with the fake teacher.
+        monkeypatch.setattr(refine.lm.resolve, "get_lm", fake_lm)
         s = run_items(make_items(3), synth_like_work, store=tmp_path / "r", lm="from-string")
         assert s.done == 3
 

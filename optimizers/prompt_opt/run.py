@@ -26,7 +26,7 @@ import dspy
 from pydantic import ValidationError
 
 from refine.errors import ConfigError
-from refine.imports import PY_PREFIX, load_py_lm
+from refine.lm.resolve import resolve_lm as _resolve_lm
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
 from refine.optimizers.prompt_opt.artifacts import (
     REPORT_FILE,
@@ -69,34 +69,22 @@ class OptimizeResult:
 
 
 def resolve_lm(spec: str | dspy.BaseLM | None, **lm_kwargs: Any) -> dspy.BaseLM | None:
-    """An LM from an object, `py:package.module:attr` (`refine.imports.load_py_lm`: an LM, or a factory called with
-    `lm_kwargs`) or a model string (`refine.lm.get_lm`: 'embedded', 'local/<dir>', LiteLLM strings)."""
-    if spec is None or isinstance(spec, dspy.BaseLM):
-        return spec
-    if spec.startswith(PY_PREFIX):
-        return load_py_lm(spec, **lm_kwargs)
-    from refine.lm import get_lm
-
-    return get_lm(spec, **lm_kwargs)
+    """`refine.lm.resolve.resolve_lm` (the one LM-spec resolver), with None passed through (use `dspy.settings.lm`)."""
+    return None if spec is None else _resolve_lm(spec, **lm_kwargs)
 
 
 def _prepare_program(program: Any, cfg: OptimizeConfig) -> tuple[dspy.Module, tuple[str, ...], tuple[str, ...] | None]:
     """(fresh module to optimize, its input fields, its declared outputs)."""
     from refine.graph import GraphModule, ProgramGraph
-    from refine.programs_registry import load_graph
+    from refine.programs_registry import load_program
 
     if program is None:
         program = cfg.program
     if program is None:
         raise ConfigError("No program to optimize: pass a built-in name, 'package.module:attr' or a ProgramGraph.")
-    if isinstance(program, str | Path) and Path(str(program)).is_dir():
-        from refine.optimizers.prompt_opt.artifacts import load_optimized
-
-        module = load_optimized(program, trust=cfg.trust_program)
-    elif isinstance(program, str):
-        module = load_graph(program, **cfg.program_options).compile()
-    elif isinstance(program, ProgramGraph):
-        module = program.compile()
+    if isinstance(program, str | Path | ProgramGraph):  # a name, 'module:attr', a saved folder or a graph
+        spec = str(program) if isinstance(program, Path) else program
+        module = load_program(spec, cfg.trust_program, **cfg.program_options)
     elif isinstance(program, dspy.Module):
         module = program.deepcopy()
     else:

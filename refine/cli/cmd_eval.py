@@ -13,7 +13,8 @@ from refine.executor import ExecutorOption, RayAddressOption
 from refine.preflight import lm_options
 
 AGENT_HELP = (
-    "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', a LiteLLM string), 'chat' or "
+    "The agent: an LM spec for the chat agent ('embedded', 'local/<student dir>', 'hf/<repo>', a LiteLLM string, "
+    "'py:package.module:factory'), 'chat' or "
     "'program' (DSPy PlayerAct agent) with --lm, 'program:<saved.json>', 'package.module:factory', or a reference "
     "agent: 'expert' (each env's own solver, the upper bound) or 'random' (a random valid action, the lower bound)."
 )
@@ -242,10 +243,9 @@ def _lm_spec(agent: str, lm: str | None) -> str | None:
 
 
 def _is_remote(spec: str) -> bool:
-    from refine.imports import PY_PREFIX
-    from refine.lm.loader import is_local_model
+    from refine.lm.resolve import is_remote
 
-    return not spec.startswith(PY_PREFIX) and not is_local_model(spec)
+    return is_remote(spec)
 
 
 class _EvalProgress:

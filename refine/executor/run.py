@@ -59,7 +59,7 @@ def run_items(
         key: the item's stable key: a function, a field name, or None for `item["key"]` / `item.key`.
         executor: "local" or "ray", or a full `ExecutorConfig`.
         lm: the DSPy LM set around each item: a `WorkerLM`, a model spec string (built in each process with
-            `refine.lm.get_lm`), or (local only) an LM object. None keeps the caller's `dspy.settings.lm`
+            `refine.lm.resolve_lm`), or (local only) an LM object. None keeps the caller's `dspy.settings.lm`
             (local only: Ray workers do not see the caller's settings).
         progress: called in this process with each item's `ItemOutcome` (for progress bars and counters); with
             Ray the outcomes of a chunk arrive together when its task returns.

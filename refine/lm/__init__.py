@@ -10,7 +10,7 @@ from refine.lm.embedded import cache_root, embedded_model_dir
 from refine.lm.engine import AsyncLocalEngine, BatchRecord, LocalEngine
 from refine.lm.grammar import GrammarBounds, bound_schema, lark_for_signature
 from refine.lm.loader import EMBEDDED, is_local_model, load_model
-from refine.lm.resolve import configure, configure_cache, get_lm
+from refine.lm.resolve import configure, configure_cache, get_lm, is_remote, resolve_lm
 
 __all__ = [
     "EMBEDDED",
@@ -28,7 +28,9 @@ __all__ = [
     "engine_accepts_grammar",
     "get_lm",
     "is_local_model",
+    "is_remote",
     "lark_for_signature",
     "load_model",
     "react_tool_args",
+    "resolve_lm",
 ]

@@ -1,7 +1,7 @@
 """`WorkerLM`: a picklable recipe for an LM (a spec string and a factory), built once per process on first use.
 
 The executor ships it to Ray workers instead of an LM object (in-process engines are not picklable); the default
-factory is the one LM-spec resolver, `refine.lm.resolve.get_lm`.
+factory is the one LM-spec resolver, `refine.lm.resolve.resolve_lm` (so `py:` specs work on workers too).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from refine.imports import import_object
 
 __all__ = ["DEFAULT_LM_FACTORY", "WorkerLM"]
 
-DEFAULT_LM_FACTORY = "refine.lm:get_lm"
+DEFAULT_LM_FACTORY = "refine.lm.resolve:resolve_lm"
 
 _LM_CACHE: dict[tuple[str, str, tuple[tuple[str, Any], ...]], Any] = {}
 _LM_CACHE_LOCK = threading.Lock()
@@ -36,7 +36,7 @@ class WorkerLM:
     Args:
         spec: what the factory understands, e.g. "embedded", "local/runs/student", "openai/gpt-4o-mini".
         factory: "module:function" (or a picklable callable) called as `factory(spec, **kwargs)`;
-            default `refine.lm:get_lm`.
+            default `refine.lm.resolve:resolve_lm` (every LM spec, `py:` included).
         **kwargs: JSON-like LM settings passed to the factory (temperature, max_tokens, ...). No API keys here:
             workers read them from their environment.
 

@@ -1,4 +1,8 @@
-"""Model strings -> `dspy.LM`: the embedded default, local/hf checkpoints in-process, anything else through LiteLLM.
+"""The one LM-spec resolver: a spec -> a configured LM, for every command, worker and optimizer.
+
+`resolve_lm(spec)` takes the whole grammar: an existing `dspy.BaseLM` (returned as is), `py:package.module:attr`
+(an LM object or a factory of one, `refine.imports.load_py_lm`), or a model string for `get_lm`: `embedded`,
+`local/<dir>` or a checkpoint folder, `hf/<repo>`, any LiteLLM string.
 
 `get_lm("embedded")` (the default) needs no key and no network. `local/<dir>` serves a saved checkpoint (a distilled
 student) with the same engine, `hf/<repo>` loads from the hub, and every other string is a plain `dspy.LM` model
@@ -16,10 +20,11 @@ from typing import Any
 import dspy
 
 from refine.errors import ConfigError, LMError
+from refine.imports import PY_PREFIX, load_py_lm
 from refine.lm.adapter import GrammarChatAdapter, default_adapter
 from refine.lm.loader import EMBEDDED, is_local_model
 
-__all__ = ["ADAPTERS", "configure", "configure_cache", "get_lm"]
+__all__ = ["ADAPTERS", "configure", "configure_cache", "get_lm", "is_remote", "resolve_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +113,41 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
     return dspy.LM(model, engine=engine, async_engine=AsyncLocalEngine(engine), **lm_kwargs)
 
 
+def resolve_lm(spec: str | dspy.BaseLM, **lm_kwargs: Any) -> dspy.BaseLM:
+    """The LM named by `spec`, configured with `lm_kwargs`: the one resolver behind `--lm`, `--agent`, `--teacher`,
+    `--student` and Ray workers' `WorkerLM`.
+
+    Args:
+        spec: a `dspy.BaseLM` (returned unchanged; `lm_kwargs` are not applied to it), `py:package.module:attr`
+            (an LM object, or a factory called as `attr(**lm_kwargs)`), or a model string (see `get_lm`).
+        **lm_kwargs: settings for `get_lm` or the `py:` factory.
+
+    Raises:
+        ConfigError: a malformed or unimportable `py:` spec, or one that gives no dspy LM.
+        LMError: an empty model string or a missing in-process checkpoint.
+
+    Example:
+        >>> resolve_lm("embedded", max_tokens=64).kwargs["max_tokens"]
+        64
+        >>> resolve_lm("py:nothing")
+        Traceback (most recent call last):
+        ...
+        refine.errors.ConfigError: The LM factory 'py:nothing' must look like 'py:package.module:factory'.
+    """
+    if isinstance(spec, dspy.BaseLM):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"An LM spec is a string or a dspy LM, not a {type(spec).__name__}.")
+    if spec.startswith(PY_PREFIX):
+        return load_py_lm(spec, **lm_kwargs)  # type: ignore[no-any-return]
+    return get_lm(spec, **lm_kwargs)
+
+
+def is_remote(spec: str | dspy.BaseLM) -> bool:
+    """Whether `spec` is served by a remote provider (LiteLLM), i.e. neither in-process nor a Python object."""
+    return isinstance(spec, str) and not spec.startswith(PY_PREFIX) and not is_local_model(spec)
+
+
 def _remote_defaults(model: str) -> dict[str, Any]:
     """Generation settings sent to remote LMs unless the caller sets them (reasoning models only accept these)."""
     try:
@@ -129,11 +169,11 @@ def _adapter_for(name: str, lm: dspy.LM) -> dspy.Adapter:
     raise ConfigError(f"Unknown adapter {name!r}; choose one of {', '.join(ADAPTERS)}")
 
 
-def configure(model: str = EMBEDDED, adapter: str = "auto", **lm_kwargs: Any) -> dspy.LM:
-    """`dspy.configure(lm=get_lm(model, ...), adapter=...)` in one call.
+def configure(model: str | dspy.BaseLM = EMBEDDED, adapter: str = "auto", **lm_kwargs: Any) -> dspy.BaseLM:
+    """`dspy.configure(lm=resolve_lm(model, ...), adapter=...)` in one call.
 
     Args:
-        model: model string (see `get_lm`).
+        model: an LM spec (see `resolve_lm`).
         adapter: `auto` (GrammarChatAdapter for in-process models, ChatAdapter otherwise), `grammar`, `chat` or `json`.
         **lm_kwargs: passed to `get_lm`.
 
@@ -145,7 +185,7 @@ def configure(model: str = EMBEDDED, adapter: str = "auto", **lm_kwargs: Any) ->
     """
     if adapter not in ADAPTERS:
         raise ConfigError(f"Unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
-    lm = get_lm(model, **lm_kwargs)
+    lm = resolve_lm(model, **lm_kwargs)
     dspy.configure(lm=lm, adapter=_adapter_for(adapter, lm))
     return lm
 
