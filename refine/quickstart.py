@@ -1,8 +1,9 @@
 """`refine quickstart`: the whole loop offline on the embedded model, resumable stage by stage.
 
 1. **synthesize** paper-style (one-shot) trajectories from built-in personas with the teacher LM, verified by rules;
-2. **synthesize on-policy refinement data** on the held-in real environments: the student acts, the environment's
-   own expert (BabyAI bot, PDDL planner, TextWorld walkthrough) refines its mistakes, every trajectory verified;
+2. **synthesize on-policy refinement data** on the held-in real environments (`refine synth --program interactive
+   --env ... --refiner env`): the student acts, the environment's own expert (BabyAI bot, PDDL planner, TextWorld
+   walkthrough) refines its mistakes, every trajectory verified;
 3. **distill** the accepted trajectories into the student (erroneous turns masked from the loss);
 4. **evaluate** the base model and the student on held-in and held-out environments;
 5. **report**: PNG plots and one self-contained HTML page.
@@ -13,7 +14,6 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -31,6 +31,7 @@ __all__ = [
     "distill_rows",
     "effects",
     "env_items",
+    "env_synth_config",
     "episode_records",
     "evaluate_model",
     "render_effects",
@@ -153,87 +154,57 @@ def _synth_oneshot(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     return run_synth(sc, out, resume=out.exists())
 
 
-def _env_factory(name: str, split: str, options: dict[str, Any]) -> Callable[[], Any]:
-    from refine.envs import make_env
-
-    # Every env takes the split: training data come from the train range, evaluation from test, never the same seeds.
-    return functools.partial(make_env, name, split=split, **options)
-
-
 # Held-in environments whose expert answers fast from any state (PDDL: small blocks problems only).
 _TRAIN_ENV_OPTIONS: dict[str, dict[str, Any]] = {"pddl": {"tasks": ["blocks"]}}
 
 
+def env_synth_config(cfg: QuickstartConfig) -> Any:
+    """The `refine synth` settings of the on-policy stage: the student plays the held-in envs' train episodes and
+    each env's expert fixes its mistakes (`--program interactive --env ... --refiner env`). Seed s plays episodes
+    s*n .. s*n+n-1 of each env (n = env_episodes), so runs of different seeds train on disjoint episodes."""
+    from refine.synth import ENV_MAX_TOKENS, SynthConfig
+
+    n = cfg.size("env_episodes")
+    return SynthConfig(
+        program="interactive",
+        env=list(cfg.train_envs),
+        env_options={env: cfg.train_options(env) for env in cfg.train_envs if cfg.train_options(env)},
+        refiner="env",
+        lm=cfg.student,
+        n=n,
+        seed=cfg.seed * n,
+        max_steps=cfg.size("synth_max_steps"),
+        max_tokens=ENV_MAX_TOKENS,
+        workers=min(cfg.workers, n * len(cfg.train_envs)),
+    )
+
+
 def env_items(cfg: QuickstartConfig) -> list[dict[str, Any]]:
-    """The on-policy episodes of `cfg`: seed s plays train episodes s*n .. s*n+n-1 of each held-in env, so runs of
-    different seeds train on disjoint episodes (n = env_episodes).
+    """The on-policy episodes of `cfg` (see `env_synth_config`).
 
     Example:
         >>> [i["key"] for i in env_items(QuickstartConfig(seed=2, env_episodes=2, train_envs=["pddl"]))]
         ['pddl-4', 'pddl-5']
     """
-    n = cfg.size("env_episodes")
-    return [
-        {"key": f"{env}-{cfg.seed * n + i}", "env": env, "seed": cfg.seed * n + i}
-        for env in cfg.train_envs
-        for i in range(n)
-    ]
+    from refine.synth import plan_env_items
+
+    sc = env_synth_config(cfg)
+    return plan_env_items(sc.env, sc.n, sc.seed)
 
 
 def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
-    """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes."""
-    import dspy
+    """On-policy refinement data: the student acts in held-in envs, the environment's expert fixes its mistakes
+    (the `refine synth` stage, `env_synth_config`); returns the run's totals."""
+    from refine.synth import run_synth
 
-    from refine.data import RunRecord, Verdict
-    from refine.executor import Emit, run_items
-    from refine.lm import default_adapter, get_lm
-    from refine.programs.interactive import InteractiveRefine
-
-    student = get_lm(cfg.student, max_tokens=96)
-    adapter = default_adapter(student)
-    programs = {
-        env: InteractiveRefine(
-            env=_env_factory(env, "train", cfg.train_options(env)),
-            refiner="env",
-            max_steps=cfg.size("synth_max_steps"),
-        )
-        for env in cfg.train_envs
-    }
-    items = env_items(cfg)
-
-    def work(item: dict[str, Any]) -> list[Emit]:
-        with dspy.context(lm=student, adapter=adapter, track_usage=True):
-            pred = programs[item["env"]](seed=item["seed"])
-        traj = pred.trajectory
-        verdict = pred.verdict or Verdict(ok=False, reasons=["no verdict"], stage="parse", checks=1)
-        traj.provenance.seed = item["seed"]
-        record = RunRecord(
-            key=item["key"],
-            accepted=verdict.ok,
-            trajectory=traj.model_copy(update={"verdict": verdict}),
-            attempts=list(pred.attempts or []),
-            id=traj.id,
-            env=item["env"],
-            seed=item["seed"],
-            success=bool(pred.success),
-            verdict=verdict.model_dump(mode="json"),
-        ).to_json()
-        return [Emit("accepted" if verdict.ok else "rejected", item["key"], record)]
-
-    config = {"stage": "env-synthesis", "student": cfg.student, "envs": cfg.train_envs, "items": len(items)}
-    from refine.store import RunStore
-
-    with RunStore(out, config=config, resume=out.exists()) as store:
-        summary = run_items(items, work, store=store, key="key", workers=min(cfg.workers, len(items)))
-        accepted, rejected = store.count("accepted"), store.count("rejected")
-        store.finish(totals={"accepted": accepted, "rejected": rejected})
-    return {"accepted": accepted, "rejected": rejected, "failed": len(getattr(summary, "failed", []) or [])}
+    return run_synth(env_synth_config(cfg), out, resume=out.exists())
 
 
 def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation: str = "masked") -> dict[str, Any]:
     """Distill the accepted trajectories of `sources` into `out` (the paper's ablations via `ablation`)."""
     from refine.distill import DistillConfig, distill
     from refine.distill.data import load_rows
+    from refine.distill.provider import base_from_model_string
 
     rows: list[dict[str, Any]] = []
     for src in sources:
@@ -243,7 +214,7 @@ def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation
         return {"skipped": "no accepted trajectories to train on", "rows": 0}
     dc = DistillConfig(
         out=out,
-        base=None if cfg.student == "embedded" else cfg.student.removeprefix("local/"),
+        base=base_from_model_string(cfg.student),
         max_steps=cfg.size("distill_steps"),
         ablation=ablation,
         lora=cfg.lora,
@@ -280,7 +251,7 @@ def evaluate_model(
     `seed` (default `cfg.seed`) picks the evaluation episodes: models evaluated with the same seed play the same ones.
     """
     from refine.eval import EvalConfig, evaluate
-    from refine.lm import get_lm
+    from refine.lm import resolve_lm
     from refine.programs.agent import ChatAgent
 
     ec = EvalConfig(
@@ -295,7 +266,7 @@ def evaluate_model(
         model=model,
     )
     # 64 tokens: a refinement turn's thought (one or two short sentences) plus its action fits; 48 cut some.
-    agent = ChatAgent(get_lm(model, max_tokens=64))
+    agent = ChatAgent(resolve_lm(model, max_tokens=64))
     result = evaluate(agent, ec, out, resume=out.exists())
     return result.summary
 
@@ -447,14 +418,13 @@ def render_effects(result: dict[str, Any]) -> str:
 
 def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run (or resume) the whole loop; returns the summary also written to `<out>/quickstart.json`."""
+    from refine.envs import ENVIRONMENTS
+
     say = progress or (lambda stage, msg: log.info("%s: %s", stage, msg))
-    unknown = [
-        e
-        for e in [*config.train_envs, *config.heldout_envs]
-        if e not in ("babyai", "pddl", "textworld", "scienceworld", "toy")
-    ]
+    unknown = [e for e in [*config.train_envs, *config.heldout_envs] if e not in ENVIRONMENTS]
     if unknown:
-        raise ConfigError(f"Unknown environments {unknown}; use babyai, pddl, textworld, scienceworld.")
+        names = ", ".join(e for e in ENVIRONMENTS if e != "toy")
+        raise ConfigError(f"Unknown environments {unknown}; use {names}.")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "quickstart.json"

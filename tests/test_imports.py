@@ -139,3 +139,33 @@ class TestLoadPyLM:
         for resolve in (synth_resolve_lm, optimize_resolve_lm):
             with pytest.raises(ConfigError, match=r"must look like 'py:package\.module:factory'"):
                 resolve("py:nothing")
+
+
+def _imported_modules(path):
+    """Every module a source file imports, at any level (inside functions too)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_one_load_program_and_saved_programs_load_below_the_registry():
+    """One loader everywhere; the registry never imports the optimizers, and saved-program loading imports neither."""
+    from pathlib import Path
+
+    import refine.optimizers
+    import refine.programs_registry as registry
+    import refine.synth
+    from refine.optimizers.prompt_opt import artifacts
+
+    assert refine.synth.load_program is registry.load_program
+    assert refine.optimizers.load_optimized is artifacts.load_optimized is registry.load_optimized
+    root = Path(registry.__file__).parent
+    assert not {m for m in _imported_modules(root / "programs_registry.py") if m.startswith("refine.optimizers")}
+    below = _imported_modules(root / "saved_program.py")
+    assert not {m for m in below if m.startswith(("refine.optimizers", "refine.programs_registry", "refine.synth"))}

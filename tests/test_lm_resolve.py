@@ -15,7 +15,7 @@ from refine.lm import embedded as embedded_module
 from refine.lm.adapter import GrammarChatAdapter
 from refine.lm.engine import AsyncLocalEngine, LocalEngine
 from refine.lm.loader import is_local_model, resolve_source
-from refine.lm.resolve import configure, configure_cache, get_lm
+from refine.lm.resolve import configure, configure_cache, get_lm, is_remote, resolve_lm
 
 
 class TestGetLm:
@@ -78,6 +78,64 @@ class TestGetLm:
             assert str(tmp_path / "c") in str(dspy.cache.disk_cache.directory)
         finally:
             dspy.cache = saved_cache  # restore the session's cache for later tests
+
+
+def make_fixed_lm():
+    """A py: factory that takes no settings (`py:tests.test_lm_resolve:make_fixed_lm`)."""
+    from refine.testing import ScriptedLM
+
+    return ScriptedLM(lambda fields, inputs, messages: {}, model="fake/fixed")
+
+
+def make_tuned_lm(max_tokens=None, temperature=None):
+    """A py: factory that takes two settings (`py:tests.test_lm_resolve:make_tuned_lm`)."""
+    from refine.testing import ScriptedLM
+
+    return ScriptedLM(lambda fields, inputs, messages: {}, model=f"fake/{max_tokens}/{temperature}")
+
+
+class TestResolveLm:
+    """The one resolver: every spec form gives a configured LM; bad specs give the same one-line errors as before."""
+
+    def test_every_spec_form(self, tmp_path):
+        lm = get_lm("openai/gpt-4o-mini")
+        assert resolve_lm(lm, max_tokens=5) is lm  # an LM object is used as is
+        assert resolve_lm("embedded", max_tokens=64).kwargs["max_tokens"] == 64
+        (tmp_path / "config.json").write_text("{}")
+        assert resolve_lm(f"local/{tmp_path}").model == f"local/{tmp_path.resolve()}"
+        assert resolve_lm("hf/org/model").model == "hf/org/model"
+        remote = resolve_lm("openai/gpt-4o-mini", temperature=0.5)
+        assert remote.model == "openai/gpt-4o-mini" and remote.kwargs["temperature"] == 0.5
+        assert resolve_lm("py:tests.test_lm_resolve:make_fixed_lm", max_tokens=9).model == "fake/fixed"
+        # A py: factory gets the settings it names, and only those.
+        assert resolve_lm("py:tests.test_lm_resolve:make_tuned_lm", max_tokens=9, timeout=3).model == "fake/9/None"
+
+    def test_is_remote(self):
+        assert is_remote("openai/gpt-4o-mini") and not is_remote("embedded") and not is_remote("hf/org/model")
+        assert not is_remote("py:tests.test_lm_resolve:make_fixed_lm") and not is_remote(get_lm("embedded"))
+
+    def test_bad_specs_are_one_line_errors(self, tmp_path):
+        malformed = r"^The LM factory 'py:nothing' must look like 'py:package\.module:factory'\.$"
+        with pytest.raises(ConfigError, match=malformed):
+            resolve_lm("py:nothing")
+        with pytest.raises(ConfigError, match=r"^Cannot import the LM factory 'py:tests\.no_such_module:make'"):
+            resolve_lm("py:tests.no_such_module:make")
+        with pytest.raises(LMError, match=r"^Empty model string\."):
+            resolve_lm(" ")
+        with pytest.raises(LMError, match=r"does not exist\. Pass local/<folder>"):
+            resolve_lm(f"local/{tmp_path / 'nope'}")
+        with pytest.raises(ConfigError, match=r"^An LM spec is a string or a dspy LM, not a int\.$"):
+            resolve_lm(3)  # type: ignore[arg-type]
+
+    def test_every_lm_user_goes_through_it(self):
+        """WorkerLM's default factory, optimize's resolver and synth's name are the one resolver."""
+        from refine.lm.recipe import DEFAULT_LM_FACTORY, WorkerLM
+        from refine.optimizers.prompt_opt.run import resolve_lm as optimize_resolve_lm
+        from refine.synth import resolve_lm as synth_resolve_lm
+
+        assert synth_resolve_lm is resolve_lm and DEFAULT_LM_FACTORY == "refine.lm.resolve:resolve_lm"
+        assert WorkerLM("py:tests.test_lm_resolve:make_fixed_lm").get().model == "fake/fixed"
+        assert optimize_resolve_lm(None) is None and optimize_resolve_lm("hf/org/model").model == "hf/org/model"
 
 
 class TestEmbeddedConversion:
@@ -248,3 +306,28 @@ def test_torch_threads_setting(monkeypatch):
         assert set_torch_threads() == min(2, __import__("os").cpu_count() or 1)
     finally:
         set_torch_threads(before)
+
+
+def make_chat_lm():
+    """`refine eval --agent py:tests.test_lm_resolve:make_chat_lm`: the toy env's scripted player as an LM."""
+    from refine.testing import ScriptedLM
+    from tests.test_eval import scripted_chat
+
+    return ScriptedLM(scripted_chat, model="fake/chat")
+
+
+def test_eval_agent_takes_a_py_spec(tmp_path):
+    """`refine eval --agent` accepts every LM spec, `py:` included (it builds a chat agent on that LM)."""
+    from typer.testing import CliRunner
+
+    from refine.cli import app
+
+    out = tmp_path / "ev"
+    args = ["eval", "--agent", "py:tests.test_lm_resolve:make_chat_lm", "--envs", "toy", "-n", "1", "-q"]
+    res = CliRunner().invoke(app, [*args, "--max-steps", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    episode = json.loads((out / "episodes.jsonl").read_text().splitlines()[0])
+    assert episode["success"] is True and episode["env"] == "toy"
+    res = CliRunner().invoke(app, ["eval", "--agent", "py:tests.no_such_module:make", "--envs", "toy", "-q"])
+    assert isinstance(res.exception, ConfigError)  # `refine` prints it as one red line (see test_cli)
+    assert str(res.exception).startswith("Cannot import the LM factory 'py:tests.no_such_module:make'")

@@ -164,8 +164,8 @@ def test_interactive_program_is_refused_with_a_fix(tmp_path):
 def test_remote_lms_get_a_chat_adapter_that_formats_each_signature_once():
     import dspy
 
+    from refine.lm.adapter import throughput_adapter as _adapter_for
     from refine.signatures import GenerateScript, PlayTrajectory
-    from refine.synth import _adapter_for
 
     a = _adapter_for(ScriptedLM(teacher_respond))
     assert isinstance(a, dspy.ChatAdapter) and a.use_json_adapter_fallback

@@ -32,6 +32,7 @@ from typing import Any
 import dspy
 
 from refine.errors import RefineError
+from refine.lm.usage import usage_tokens
 
 __all__ = ["Budget", "BudgetExhaustedError", "Spend"]
 
@@ -80,9 +81,8 @@ class _CallUsage:
     def tokens(self) -> tuple[int, int] | None:
         if not any(u for _, u in self.entries):
             return None
-        p = sum(int(u.get("prompt_tokens") or u.get("input_tokens") or 0) for _, u in self.entries)
-        c = sum(int(u.get("completion_tokens") or u.get("output_tokens") or 0) for _, u in self.entries)
-        return p, c
+        counts = [usage_tokens(u) for _, u in self.entries]
+        return sum(p for p, _ in counts), sum(c for _, c in counts)
 
 
 def _prompt_bytes(prompt: Any, messages: Any) -> tuple[int, int]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +24,25 @@ def synth(
     lm: Annotated[str, typer.Option("--lm", help=LM_HELP)] = "embedded",
     api_base: ApiBaseOption = None,
     api_key_env: ApiKeyEnvOption = None,
-    program: Annotated[str, typer.Option(help="Built-in name, 'package.module:attr', or a saved dir.")] = "agentrefine",
+    program: Annotated[
+        str, typer.Option(help="Built-in name (agentrefine; interactive with --env), 'pkg.module:attr', a saved dir.")
+    ] = "agentrefine",
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            help="Real environment(s) the program plays (comma-separated or repeated; train split), e.g. "
+            "--program interactive --env babyai --refiner env: on-policy data. --n is then episodes per env.",
+        ),
+    ] = None,
+    refiner: Annotated[
+        str, typer.Option(help="With --env: who fixes a flagged step, 'lm' (the LM) or 'env' (the env's expert).")
+    ] = "lm",
+    max_steps: Annotated[int, typer.Option(min=1, help="With --env: player actions per episode.")] = 30,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tokens per LM call (default 2048; 96 per turn with --env)."),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel items (threads/Ray tasks).")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed (persona order and per-item seeds).")] = 0,
     max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per stage before rejection.")] = 4,
@@ -43,7 +62,8 @@ def synth(
         list[str] | None, typer.Option("--trust-program", help="'module:attr' a saved --program DIR may name.")
     ] = None,
 ) -> None:
-    """Synthesize AgentRefine trajectories from personas, verify them, and store accepted/rejected records."""
+    """Synthesize verified refinement trajectories (from personas, or by playing real environments with --env) and
+    store accepted/rejected records."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -57,11 +77,12 @@ def synth(
 
     from refine.errors import ConfigError, RunFailedError
     from refine.health import failure_reason, mark_failed
-    from refine.preflight import check_lm, check_personas, lm_options
-    from refine.synth import SynthConfig, run_synth
+    from refine.preflight import check_env_names, check_lm, check_name, check_personas, lm_options
+    from refine.synth import SynthConfig, lm_settings, run_synth
 
     if out is None:
         raise ConfigError("Pass --out DIR (the run directory), on the command line or as `out` in --config.")
+    check_name(refiner, ("lm", "env"), "refiner", "--refiner")
     config = SynthConfig(
         personas=personas,
         n=n,
@@ -75,9 +96,16 @@ def synth(
         item_timeout=item_timeout,
         keep_failed=keep_failed,
         trust_program=trust_program or [],
+        env=[e.strip() for value in env or [] for e in value.split(",") if e.strip()],
+        refiner=refiner,  # type: ignore[arg-type]  # checked above
+        max_steps=max_steps,
+        max_tokens=max_tokens,
     )
     # Preflight: every input is checked before the first item, so a typo costs a second, not a run.
-    check_personas(config.personas)
+    if config.env:
+        check_env_names(config.env, flag="--env")
+    else:
+        check_personas(config.personas)
     options = lm_options(api_base, api_key_env)
     if options and executor == "ray":
         raise ConfigError(
@@ -87,9 +115,9 @@ def synth(
     check_lm(config.lm, flag="--lm", api_base=api_base, api_key_env=api_key_env)
     the_lm = None
     if options:
-        from refine.synth import LOCAL_MAX_TOKENS, resolve_lm
+        from refine.lm.resolve import resolve_lm
 
-        the_lm = resolve_lm(config.lm, max_tokens=LOCAL_MAX_TOKENS, timeout=config.timeout, **options)
+        the_lm = resolve_lm(config.lm, **{**lm_settings(config), **options})
     console = Console(stderr=True)
     columns = [
         TextColumn("[bold]synth"),
@@ -103,23 +131,19 @@ def synth(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
+    total = n * max(1, len(config.env))
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
-        task = bar.add_task("synth", total=n, accepted=0, rejected=0, failed=0, tokens=0, rate="-")
-
-        def on_item(outcome: object, counts: dict[str, int]) -> None:
-            judged = counts["accepted"] + counts["rejected"]
-            bar.update(
-                task,
-                completed=counts["accepted"] + counts["rejected"] + counts["failed"] + counts["skipped"],
-                rate=f"{counts['accepted'] / judged:.0%}" if judged else "-",
-                accepted=counts["accepted"],
-                rejected=counts["rejected"],
-                failed=counts["failed"],
-                tokens=counts["tokens"],
-            )
-
+        task = bar.add_task("synth", total=total, accepted=0, rejected=0, failed=0, tokens=0, rate="-")
+        update = functools.partial(_update_bar, bar, task)
         totals = run_synth(
-            config, out, resume=resume, lm=the_lm, progress=on_item, executor=executor, ray_address=ray_address
+            config,
+            out,
+            resume=resume,
+            lm=the_lm,
+            progress=lambda outcome, counts: update(counts),
+            on_call=update,
+            executor=executor,
+            ray_address=ray_address,
         )
     table = Table(title=f"refine synth -> {out}", show_header=False)
     table.add_row("accepted", str(totals["accepted"]))
@@ -138,6 +162,22 @@ def synth(
         raise RunFailedError(
             f"The synthesis run failed ({reason}); the manifest says 'failed'. Fix the cause and rerun."
         )
+
+
+def _update_bar(bar: Any, task: Any, counts: dict[str, Any]) -> None:
+    """Move the synth bar: items (finished, plus the estimated share of the running ones, so the ETA shows before
+    the first item ends), accept rate, tokens. Called after each item and as each LM call ends."""
+    judged = counts["accepted"] + counts["rejected"]
+    finished = judged + counts["failed"] + counts["skipped"]
+    bar.update(
+        task,
+        completed=finished + counts.get("in_flight", 0.0),
+        rate=f"{counts['accepted'] / judged:.0%}" if judged else "-",
+        accepted=counts["accepted"],
+        rejected=counts["rejected"],
+        failed=counts["failed"],
+        tokens=counts["tokens"],
+    )
 
 
 def _item_records(out: Path) -> list[dict]:
