@@ -267,9 +267,9 @@ def check_env_names(names: Sequence[str], suite: str = "refine", flag: str = "--
 
 
 def check_personas(spec: str) -> list[str]:
-    """Load the personas of `--personas` before any work (`refine.personas.load_personas`, which refuses a CSV whose
-    header names no 'persona'/'text' column: its header row would otherwise become a persona)."""
-    from refine.personas import load_personas
+    """Load the personas of `--personas` before any work (`refine.synthesis.persona_loading.load_personas`, which
+    refuses a CSV whose header names no 'persona'/'text' column: its header row would otherwise become a persona)."""
+    from refine.synthesis.persona_loading import load_personas
 
     return load_personas(spec)
 

@@ -65,7 +65,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
 @pytest.mark.parametrize("env", ["babyai", "pddl", "textworld", "scienceworld"])
 def test_on_policy_training_envs_draw_from_the_train_split(env):
     """Training episodes must never come from the test seeds that evaluation uses (every env, BabyAI included)."""
-    from refine.synth_work import _env_factory
+    from refine.synthesis.item_work import _env_factory
 
     factory = _env_factory(env, {})
     assert factory.keywords["split"] == "train" and factory.args == (env,)

@@ -97,7 +97,7 @@ class TestTransportFailures:
         assert not any("server is down" in json.dumps(r) for r in _records(tmp_path / "run"))
 
     def test_a_transport_failure_is_redone_within_the_run_and_counted(self, tmp_path, monkeypatch):
-        monkeypatch.setattr("refine.synth_work.RETRY_BACKOFF_S", 0.01)
+        monkeypatch.setattr("refine.synthesis.item_work.RETRY_BACKOFF_S", 0.01)
         with FaultServer(fault_rate=0.3, faults=("500",), seed=3) as server:
             lm = _lm(server, cache=True)
             totals = run_synth(_config(tmp_path, lm, n=8, max_attempts=1, retries=6), tmp_path / "run", lm=lm)
