@@ -66,7 +66,7 @@ class RefinementFinetune(dspy.teleprompt.Teleprompter):
         verify: ``verify(trajectory) -> Verdict``; defaults to `refine.verify.verify_trajectory`.
         min_trajectories: Fail (`TrainingError`) when fewer trajectories are accepted.
         num_threads: Teacher calls run in parallel with this many threads.
-        lm_kwargs: Passed to `refine.lm.get_lm` for the student LM (e.g. ``max_tokens``).
+        lm_kwargs: Passed to `refine.lm.resolve_lm` for the student LM (e.g. ``max_tokens``).
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class RefinementFinetune(dspy.teleprompt.Teleprompter):
         """
         from refine.distill.data import trajectory_to_row
         from refine.distill.trainer import distill
-        from refine.lm import get_lm
+        from refine.lm import resolve_lm
 
         accepted, rejected = self.collect(teacher if teacher is not None else student, trainset)
         self.stats = {"examples": len(trainset), "accepted": len(accepted), "rejected": rejected}
@@ -158,7 +158,7 @@ class RefinementFinetune(dspy.teleprompt.Teleprompter):
             )
         rows = [trajectory_to_row(t) for t in accepted]
         self.result = distill(rows, self.config, source=f"RefinementFinetune teacher run ({len(rows)} trajectories)")
-        lm = get_lm(self.result.model_string, **self.lm_kwargs)
+        lm = resolve_lm(self.result.model_string, **self.lm_kwargs)
         return _bind(student, lm)
 
 

@@ -56,12 +56,12 @@ def run_check(model: str, prompt: str, max_tokens: int = 256, api_base: str | No
     """
     from refine.lm.adapter import default_adapter
     from refine.lm.loader import is_local_model, load_model
-    from refine.lm.resolve import get_lm
+    from refine.lm.resolve import resolve_lm
 
     kwargs: dict[str, Any] = {"max_tokens": max_tokens, "cache": False}
     if api_base:
         kwargs["api_base"] = api_base
-    lm = get_lm(model, **kwargs)
+    lm = resolve_lm(model, **kwargs)
     load_seconds = 0.0
     if is_local_model(model):
         started = time.perf_counter()

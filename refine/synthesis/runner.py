@@ -133,7 +133,7 @@ def plan_env_items(envs: Sequence[str], n: int, seed: int = 0) -> list[dict[str,
     """
     if not envs:
         raise ConfigError("No environments to play; pass --env NAME (e.g. --env babyai).")
-    items = []
+    items: list[dict[str, Any]] = []
     for env in envs:
         for i in range(n):
             items.append({"key": f"{env}-{seed + i}", "index": len(items), "env": env, "seed": seed + i})
@@ -312,7 +312,7 @@ def run_synth(
     from refine.store import RunStore
 
     items, run_config = _plan(config)
-    options = {"max_attempts": config.max_attempts, "min_refinements": config.min_refinements}
+    options: dict[str, Any] = {"max_attempts": config.max_attempts, "min_refinements": config.min_refinements}
     if config.env:
         options.update(max_steps=config.max_steps, refiner=config.refiner)
     lm_kwargs = lm_settings(config)
