@@ -9,7 +9,7 @@ Student: SmolLM2-135M-Instruct (`--student` for another base). Every model plays
 * unseen: unseen domains of a trained family (default PDDL gripper, while training saw only blocks).
 
 Each cell's rates carry n and a 95% interval, and each comparison (ablation - base, masked - trained, masked -
-no-refine) is a paired difference by episode (`refine.stats`), pooled over seeds. Every stage is skipped when its
+no-refine) is a paired difference by episode (`refine.eval.stats`), pooled over seeds. Every stage is skipped when its
 output exists, so a killed study resumes where it stopped: rerun the same command.
 
     python examples/replication.py --out runs/replication --seeds 0 1 2 --episodes 6 --steps 30 --eval-episodes 4

@@ -312,7 +312,7 @@ def effects(
     groups: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Base -> student on each group of environments: per metric the two rates with n and 95% intervals, the paired
-    difference (`refine.stats.difference`, stratified by environment) and whether its interval excludes 0.
+    difference (`refine.eval.stats.difference`, stratified by environment) and whether its interval excludes 0.
 
     Metrics are per-episode values averaged over episodes then over environments: success, progress, invalid (share
     of an episode's steps the environment refused or that held no action) and format_fail (share of replies with no
@@ -320,7 +320,7 @@ def effects(
     and at least `MIN_PAIRS` paired episodes back it. Also `notes`: environments where neither model ever
     succeeded (this size cannot show a success effect there).
     """
-    from refine.stats import difference, stratified_bootstrap
+    from refine.eval.stats import difference, stratified_bootstrap
 
     held = set(held_in)
     envs = sorted({r["env"] for r in base} | {r["env"] for r in student})
@@ -469,7 +469,7 @@ def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -
         )
 
     def report() -> dict[str, Any]:
-        from refine.report import build_report
+        from refine.eval.report import build_report
 
         files = build_report([out / f"eval_{label}" for label in models], out / "report")
         return {k: str(v) for k, v in files.items()}

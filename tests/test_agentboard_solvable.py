@@ -12,7 +12,7 @@ from refine.envs.base import EnvObservation, ToyEnv
 from refine.envs.reference import ExpertAgent
 from refine.errors import RunStoreError
 from refine.eval import EvalConfig, evaluate, summarize
-from refine.eval_resume import resume_config
+from refine.eval.resume import resume_config
 
 
 class FlaggedToy(ToyEnv):
@@ -60,7 +60,7 @@ class TestSummary:
 
 def test_eval_records_carry_the_flag_and_the_report_and_console_show_it(tmp_path, capsys):
     from refine.cli.cmd_eval import _print_solvable
-    from refine.report import build_report
+    from refine.eval.report import build_report
 
     res = evaluate(ExpertAgent(), EvalConfig(envs=["toy"], episodes=4, workers=1), out=tmp_path / "run",
                    env_factory=lambda n, p: FlaggedToy())  # fmt: skip
@@ -79,7 +79,7 @@ def test_eval_records_carry_the_flag_and_the_report_and_console_show_it(tmp_path
 
 
 def test_report_without_flags_says_so(tmp_path):
-    from refine.report import build_report
+    from refine.eval.report import build_report
 
     evaluate(ExpertAgent(), EvalConfig(envs=["toy"], episodes=1, workers=1), out=tmp_path / "run",
              env_factory=lambda n, p: ToyEnv())  # fmt: skip

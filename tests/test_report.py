@@ -1,4 +1,4 @@
-"""refine.report: PNG plots and a self-contained HTML page whose tables and trajectory viewer render in Chromium."""
+"""refine.eval.report: PNG plots and a self-contained HTML page; tables and trajectory viewer render in Chromium."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from refine.errors import RunStoreError
 from refine.eval import EvalConfig, evaluate
-from refine.report import build_report, load_run
+from refine.eval.report import build_report, load_run
 from tests.test_eval import scripted_agent, toy_factory
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +59,7 @@ def test_summary_rows_carry_n_and_intervals(runs, tmp_path):
 
 
 def test_delta_table_is_paired_on_the_same_episodes(runs, tmp_path):
-    from refine.report import _delta_table
+    from refine.eval.report import _delta_table
 
     a, b = load_run(runs[0]), load_run(runs[1])
     table = _delta_table([b, a])  # a minus b: b played toy #0 with 3 steps (fails), a solved toy #0 and #1
@@ -95,7 +95,7 @@ def render_page(dirs, out):
 def test_every_plot_has_data(runs):
     import matplotlib.pyplot as plt
 
-    from refine.report import plot_figures
+    from refine.eval.report import plot_figures
 
     runs_ = [load_run(r) for r in runs]
     figs = plot_figures(runs_)
@@ -121,7 +121,7 @@ def test_every_plot_has_data(runs):
 def test_two_models_by_four_envs_plots(tmp_path):
     import matplotlib.pyplot as plt
 
-    from refine.report import RunData, plot_figures
+    from refine.eval.report import RunData, plot_figures
 
     envs = ["babyai", "pddl", "scienceworld", "textworld"]
     recs = [
@@ -142,7 +142,7 @@ def test_two_models_by_four_envs_plots(tmp_path):
 
 
 def test_script_end_tag_in_observations_is_escaped(tmp_path):
-    from refine.report import RunData, render_html
+    from refine.eval.report import RunData, render_html
 
     ep = {
         "env": "toy",
@@ -161,7 +161,7 @@ def test_comment_opener_in_lm_text_cannot_swallow_the_viewer(tmp_path):
     state, so the viewer's own script became part of it and the trajectory viewer was blank."""
     import json
 
-    from refine.report import RunData, render_html
+    from refine.eval.report import RunData, render_html
 
     text = "<!--<script> x </script> & <b>"
     ep = {"env": "toy", "success": False, "progress": 0.0, "trajectory": [{"t": 0, "thought": text, "action": "a"}]}

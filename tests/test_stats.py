@@ -1,11 +1,11 @@
-"""refine.stats and the intervals of refine.eval: exact Wilson bounds, seeded bootstraps, paired run differences."""
+"""refine.eval.stats and the intervals of refine.eval: exact Wilson bounds, seeded bootstraps, paired differences."""
 
 from __future__ import annotations
 
 import pytest
 
 from refine.eval import compare, summarize
-from refine.stats import bootstrap_mean, difference, newcombe, stratified_bootstrap, stratified_difference, wilson
+from refine.eval.stats import bootstrap_mean, difference, newcombe, stratified_bootstrap, stratified_difference, wilson
 
 
 def _ep(env, index, success, progress=None, seed=None, variant="base"):

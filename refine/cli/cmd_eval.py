@@ -337,7 +337,7 @@ def report_cmd(
     """Render plots and one self-contained HTML page (tables + trajectory viewer) from eval runs."""
     from rich.console import Console
 
-    from refine.report import build_report
+    from refine.eval.report import build_report
 
     files = build_report(runs, out)
     for name, path in files.items():

@@ -5,7 +5,7 @@ writes `success_progress.png` (success and progress rate per environment and run
 lengths), `robustness.png` (when runs hold perturbed episodes) and `report.html`: one file with inline CSS and
 JavaScript and the images embedded as data URIs, so it can be mailed or archived as is. The page shows the tables
 (per environment, held-in/held-out, perturbation drop, deltas, bounds, solvable episodes; built in
-`refine.report_tables`) and a viewer that replays any episode step by step (observation, thought, action,
+`refine.eval.report_tables`) and a viewer that replays any episode step by step (observation, thought, action,
 invalid/repeated flags, progress).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.errors import RunStoreError
-from refine.report_tables import (
+from refine.eval.report_tables import (
     _bounds_table,
     _delta_table,
     _groups_table,
@@ -71,7 +71,8 @@ def load_run(path: str | os.PathLike[str]) -> RunData:
     `summary.json`); a run whose manifest is not "finished", or that holds fewer episodes than its config asks for,
     is `partial`.
     """
-    from refine.eval import EvalConfig, episode_specs, summarize
+    from refine.eval.config import EvalConfig, episode_specs
+    from refine.eval.summary import summarize
     from refine.store import RunStore
 
     p = Path(path)

@@ -13,8 +13,8 @@ more than one. Each finished episode is appended to `episodes.jsonl` of a `RunSt
   the unperturbed success and progress rates.
 
 Every rate carries its count `n` and a 95% interval (`*_ci`: Wilson for success and per-step rates, a seeded bootstrap
-for progress means and for macro averages over environments; see `refine.stats`); cells with fewer than 20 episodes
-are flagged (`small_n`) and listed in `warnings`. `settings` records the suite, step bound, episodes, seeds and
+for progress means and for macro averages over environments; see `refine.eval.stats`); cells with fewer than 20
+episodes are flagged (`small_n`) and listed in `warnings`. `settings` records the suite, step bound, episodes, seeds and
 decoding, so a number can be read with what produced it. `compare(a, b)` gives the difference of two runs with its
 interval, paired by episode (environment, task, seed) when both runs played the same episodes.
 
@@ -27,8 +27,8 @@ the manifest says `incomplete`. A run in which every episode failed, or more tha
 ends `failed` with the reason (`refine.health`, the rule of `refine synth`). Ctrl-C/SIGTERM stops a run cleanly: no
 new episode starts, running ones are abandoned without writing anything, the manifest says `interrupted`.
 
-The code lives in sibling modules: `eval_config` (the config, its episodes and environment checks), `eval_episode`
-(the episode loop), `eval_metrics` (summaries and comparisons), `eval_pool` (threads, deadline, Ray glue).
+The code lives in sibling modules of `refine.eval`: `config` (the config, its episodes and environment checks),
+`episode` (the episode loop), `summary` (summaries and comparisons), `pool` (threads, deadline, Ray glue).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 
 from refine import interrupt
 from refine.errors import ConfigError
-from refine.eval_config import (
+from refine.eval.config import (
     DEFAULT_ENVS,
     SUITES,
     EvalConfig,
@@ -55,9 +55,9 @@ from refine.eval_config import (
     default_factory,
     episode_specs,
 )
-from refine.eval_episode import run_episode
-from refine.eval_metrics import compare, summarize
-from refine.eval_pool import EnvPool, StartGate, play_local, play_on_ray, play_with_deadline, timeout_error
+from refine.eval.episode import run_episode
+from refine.eval.pool import EnvPool, StartGate, play_local, play_on_ray, play_with_deadline, timeout_error
+from refine.eval.summary import compare, summarize
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -165,12 +165,12 @@ def evaluate(
             )
     store = None
     if out is not None:
-        from refine.eval_resume import resume_config, stored_config
+        from refine.eval.resume import resume_config, stored_config
         from refine.store import RunStore
 
         # The deadline is how long to wait, not what is measured: a resume may change it (it is in the summary).
         stored = config.model_dump(exclude={"episode_timeout"})
-        if resume:  # a run made before a config field existed resumes with its default (refine.eval_resume)
+        if resume:  # a run made before a config field existed resumes with its default (refine.eval.resume)
             stored = resume_config(stored, stored_config(out))
         store = RunStore(out, config=stored, resume=resume)
     try:

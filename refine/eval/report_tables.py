@@ -1,4 +1,4 @@
-"""The HTML tables of `refine.report`: summary, held-in/held-out, deltas, reference bounds, solvable episodes,
+"""The HTML tables of `refine.eval.report`: summary, held-in/held-out, deltas, reference bounds, solvable episodes,
 settings and warnings (each a `<table id=...>` string)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from refine.report import RunData
+    from refine.eval.report import RunData
 
 
 def _pct(x: Any) -> str:
@@ -91,7 +91,7 @@ def _groups_table(runs: Sequence[RunData]) -> str:
 
 def _delta_table(runs: Sequence[RunData]) -> str:
     """Each run minus the first (the reference run), per environment and overall, with 95% intervals."""
-    from refine.eval import compare
+    from refine.eval.summary import compare
 
     if len(runs) < 2:
         return '<p id="delta-none">One run only: give two or more run directories to compare them.</p>'

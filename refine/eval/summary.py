@@ -12,7 +12,7 @@ _RATES = ("success_rate", "progress_rate", "invalid_rate", "stuck_rate", "mean_s
 
 
 def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    from refine.stats import MIN_EPISODES, bootstrap_mean, wilson
+    from refine.eval.stats import MIN_EPISODES, bootstrap_mean, wilson
 
     n = len(records)
     steps = sum(r["steps"] for r in records)
@@ -44,7 +44,7 @@ def _metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _solvable(records: list[dict[str, Any]]) -> dict[str, Any]:
     """`{"solvable": {...}}` when the environment flags its episodes (`solvable`: its expert reaches the goal within
     the step bound): how many are and are not, and the success and progress rates over the solvable ones alone."""
-    from refine.stats import bootstrap_mean, wilson
+    from refine.eval.stats import bootstrap_mean, wilson
 
     flagged = [r for r in records if "solvable" in r]
     if not flagged:
@@ -69,7 +69,7 @@ def _solvable(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _macro_solvable(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """The macro average over environments of the solvable-only rates (environments without solvable episodes are
     left out), intervals stratified by environment; {} when no environment flags its episodes."""
-    from refine.stats import stratified_bootstrap
+    from refine.eval.stats import stratified_bootstrap
 
     cells = [(m["solvable"], g) for m, g in zip(per_env, groups, strict=True) if "solvable" in m]
     if not cells:
@@ -94,7 +94,7 @@ def _macro(per_env: list[dict[str, Any]], groups: list[list[dict[str, Any]]] | N
 
     `groups` (the episode records of each environment) give the intervals: a bootstrap stratified by environment.
     """
-    from refine.stats import stratified_bootstrap
+    from refine.eval.stats import stratified_bootstrap
 
     if not per_env:
         return _metrics([])
@@ -128,7 +128,7 @@ def summarize(
 
     `settings` (see `EvalConfig.settings`) is stored as the summary's `settings` and names its suite.
     """
-    from refine.stats import MIN_EPISODES
+    from refine.eval.stats import MIN_EPISODES
 
     recs = [dict(r) for r in records]
     held = {h.lower() for h in held_in}
@@ -198,9 +198,9 @@ def compare(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> d
 
     Returns:
         {"envs": {env: {variant: {"success": diff, "progress": diff}}}, "overall": {variant: {...}}}, each diff
-        {"delta", "ci", "n_a", "n_b", "paired"} (see `refine.stats.difference`).
+        {"delta", "ci", "n_a", "n_b", "paired"} (see `refine.eval.stats.difference`).
     """
-    from refine.stats import difference, stratified_difference
+    from refine.eval.stats import difference, stratified_difference
 
     ra, rb = [dict(r) for r in a], [dict(r) for r in b]
     out: dict[str, Any] = {"envs": {}, "overall": {}}

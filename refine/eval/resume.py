@@ -8,7 +8,7 @@ suite, no annotations), or when the old run could not record it (`decoding`); an
 and is refused, naming the field.
 
 Example:
-    >>> from refine.eval_config import EvalConfig
+    >>> from refine.eval.config import EvalConfig
     >>> old = EvalConfig(envs=["toy"]).model_dump(exclude={"suite", "annotations", "decoding"})
     >>> resume_config(EvalConfig(envs=["toy"], decoding={"temperature": 0}).model_dump(), old) == old
     True
@@ -41,7 +41,7 @@ def stored_config(out: str | Path) -> dict[str, Any] | None:
 
 def resume_config(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
     """The config to compare with the stored one `old` on resume: `new` without the fields `old` predates."""
-    from refine.eval_config import EvalConfig
+    from refine.eval.config import EvalConfig
 
     if old is None:
         return dict(new)

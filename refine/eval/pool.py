@@ -14,8 +14,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from refine import interrupt
-from refine.eval_config import EvalConfig, default_factory
-from refine.eval_episode import run_episode
+from refine.eval.config import EvalConfig, default_factory
+from refine.eval.episode import run_episode
 
 logger = logging.getLogger(__name__)
 
