@@ -20,13 +20,24 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "clear", "drain", "handle_signals", "last_signal", "request", "requested", "settle"]
+__all__ = [
+    "Interrupted",
+    "clear",
+    "drain",
+    "handle_signals",
+    "last_signal",
+    "on_drain",
+    "request",
+    "requested",
+    "settle",
+]
 
 _stop = threading.Event()
 _signum: list[int] = []
+_drains: list[Callable[[float], bool]] = []  # see on_drain
 
 
 class Interrupted(KeyboardInterrupt):
@@ -94,13 +105,16 @@ def settle(timeout: float = 60.0) -> None:
     _stop.clear()
 
 
+def on_drain(wait: Callable[[float], bool]) -> None:
+    """Register what `drain` waits for: `wait(timeout)` returns True once idle. The in-process LM compute thread
+    (`refine.lm.compute`) registers itself when it is imported, so this module needs to know nothing of the LMs."""
+    if wait not in _drains:
+        _drains.append(wait)
+
+
 def drain(timeout: float = 60.0) -> bool:
     """Wait (at most `timeout` s) until the in-process LM compute thread has finished what it was running.
 
     Returns True when it is idle (or was never started). Cheap when no in-process model was used.
     """
-    if "refine.lm.compute" not in sys.modules:
-        return True
-    from refine.lm.compute import wait_idle
-
-    return wait_idle(timeout)
+    return all([wait(timeout) for wait in list(_drains)])

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from refine import interrupt
+
 __all__ = ["compute_thread", "run_on_compute_thread", "wait_idle"]
 
 T = TypeVar("T")
@@ -81,3 +83,6 @@ def wait_idle(timeout: float = 60.0) -> bool:
     except Exception:
         return False
     return True
+
+
+interrupt.on_drain(wait_idle)  # Ctrl-C waits for this thread before the interpreter exits

@@ -82,12 +82,20 @@ def _is_complete(folder: Path, record: dict[str, object]) -> bool:
         return False
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars (`Loading weights`, GGUF conversion): they leak into every run's
+    output. `REFINE_HF_PROGRESS=1` keeps them."""
+    if os.environ.get("REFINE_HF_PROGRESS", "") not in ("", "0"):
+        return
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _convert(gguf: Path, out_dir: Path) -> None:
     """Dequantize the GGUF into a plain fp32 HF folder at `out_dir` (which must not exist yet)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from refine.lm.loader import quiet_transformers
 
     quiet_transformers()
     kwargs = {"gguf_file": gguf.name}

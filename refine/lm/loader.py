@@ -19,7 +19,9 @@ from typing import Any
 
 from refine.errors import LMError
 from refine.lm.compute import run_on_compute_thread
+from refine.lm.embedded import quiet_transformers
 from refine.lm.kvcache import PrefixKVStore
+from refine.lm.quant_modes import QUANT_MODES, resolve_quantize
 
 __all__ = [
     "EMBEDDED",
@@ -38,22 +40,6 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 _DTYPES = ("float32", "bfloat16", "float16")
-#: Weight-only quantization modes of the in-process engine's linears (`refine.lm.quantize`).
-QUANT_MODES = ("none", "int8", "int4", "int8dyn")
-
-
-def resolve_quantize(mode: str | None) -> str:
-    """The quantization mode to use: `mode`, else `$REFINE_LM_QUANT`, else `none`.
-
-    Raises:
-        LMError: for an unknown mode.
-    """
-    value = (mode or os.environ.get("REFINE_LM_QUANT") or "none").strip().lower()
-    if value in ("0", "off", "false", "no", "fp32", "float32"):
-        value = "none"
-    if value not in QUANT_MODES:
-        raise LMError(f"Unknown quantize mode {value!r} for the in-process LM; use one of {', '.join(QUANT_MODES)}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -226,16 +212,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
             "The model defines no end-of-sequence token (generation_config.eos_token_id / tokenizer.eos_token)."
         )
     return tuple(ids)
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' per-load progress bars (`Loading weights`, GGUF conversion): they leak into every run's
-    output. `REFINE_HF_PROGRESS=1` keeps them."""
-    if os.environ.get("REFINE_HF_PROGRESS", "") not in ("", "0"):
-        return
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
 
 
 def _load(model: str, source: ModelSource, dtype: str, torch_threads: int | None, quantize: str) -> LoadedModel:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from refine.errors import LMError
-from refine.lm.loader import QUANT_MODES, resolve_quantize
+from refine.lm.quant_modes import QUANT_MODES, resolve_quantize
 
 __all__ = [
     "DENSE_ROWS",
