@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from refine.envs import make_env
-from refine.envs.reference import ExpertAgent
 from refine.eval import run_episode
+from refine.eval.reference_agents import ExpertAgent
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from refine.envs.base import EnvObservation, ToyEnv
-from refine.envs.reference import ExpertAgent
 from refine.errors import RunStoreError
 from refine.eval import EvalConfig, evaluate, summarize
+from refine.eval.reference_agents import ExpertAgent
 from refine.eval.resume import resume_config
 
 

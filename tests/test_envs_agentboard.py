@@ -93,8 +93,8 @@ class TestBabyAI:
         assert step.progress == pytest.approx(1 / 3) and not step.done and not step.success
 
     def test_expert_solves_the_first_levels(self, babyai):
-        from refine.envs.reference import ExpertAgent
         from refine.eval import run_episode
+        from refine.eval.reference_agents import ExpertAgent
 
         for i in range(12):  # GoToRedBallGrey, GoToRedBall, GoToRedBallNoDists x 4 seeds
             rec = run_episode(ExpertAgent(), babyai, {"env": "babyai", "seed": i}, 30)

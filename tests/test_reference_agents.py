@@ -11,9 +11,9 @@ from refine.cli.app import app
 from refine.envs import check_env
 from refine.envs.base import ToyEnv
 from refine.envs.perturb import PerturbedEnv
-from refine.envs.reference import ExpertAgent, RandomAgent, reference_agent
 from refine.errors import ConfigError, EnvError
 from refine.eval import EvalConfig, evaluate, run_episode
+from refine.eval.reference_agents import ExpertAgent, RandomAgent, reference_agent
 
 
 def toy(name, perturbed):

@@ -113,9 +113,9 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from refine.envs.reference import REFERENCE_AGENTS, reference_agent
     from refine.errors import ConfigError, RunFailedError
     from refine.eval import SUITES, EvalConfig, check_config, evaluate
+    from refine.eval.reference_agents import REFERENCE_AGENTS, reference_agent
     from refine.preflight import check_name
     from refine.programs.agent import resolve_agent
 

@@ -10,6 +10,7 @@ measures and records). The parts, one room each:
 * `resume`: which stored config fields a rerun may add;
 * `summary`: per-environment and overall metrics (`summarize`), the difference of two runs (`compare`);
 * `stats`: Wilson intervals, seeded bootstraps, paired differences;
+* `reference_agents`: the expert and random agents that bound an evaluation (`--agent expert|random`);
 * `report`, `report_tables`: PNG plots and the self-contained HTML page of `refine report`.
 """
 
