@@ -291,3 +291,41 @@ def test_a_trajectory_longer_than_the_model_is_refused_with_the_reason(base):
     assert len(examples) == 1 and stats["kept_whole_over_max_length"] == 1
     assert stats["refused_too_long"] == [{"id": "long", "reason": stats["refused_too_long"][0]["reason"]}]
     assert stats["refused_too_long"][0]["reason"].endswith(f"past the cap of {n_short} (the model's context length)")
+
+
+# -- `python -m refine.distill`: the accelerate entry, without the CLI ------------------------------------------
+
+
+def test_the_module_entry_takes_every_training_option_of_the_command():
+    import typer
+
+    from refine.distill.launch import parser
+
+    command = typer.main.get_command(app).commands["distill"]
+    cli = {opt for p in command.params for opt in p.opts if opt.startswith("-")}
+    cli -= {"--show-masks", "--config", "--set", "--print-config", "--help"}
+    entry = {opt for action in parser()._actions for opt in action.option_strings} - {"-h", "--help"}
+    assert entry == cli
+
+
+def test_the_module_entry_loads_no_cli_and_refuses_a_wrong_option_in_one_line(data, tmp_path):
+    code = (
+        "import sys\nfrom refine.distill.launch import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert not [m for m in sys.modules if m.startswith('refine.cli')], 'the CLI was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    args = [str(data), "--out", str(tmp_path / "s"), "--ablation", "nope"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == "Error: --ablation 'nope' is not one of masked, trained, no-refine"
+    proc = subprocess.run(
+        [sys.executable, "-m", "refine.distill", str(data), "--lora", "--merge"], capture_output=True, text=True
+    )
+    assert (proc.returncode, proc.stderr.strip()) == (1, "Error: --out is required to train (the folder the "
+                                                          "student checkpoint is written to)")  # fmt: skip
+
+
+def test_python_dash_m_refine_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "refine", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "0.1.0" in proc.stdout, proc.stderr

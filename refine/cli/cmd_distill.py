@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from refine.cli._config import configurable
@@ -87,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Distill trajectories into a student model with TRL (erroneous turns in context, masked from the loss)."""
         from rich.console import Console
 
-        from refine.distill.config import ABLATIONS
+        from refine.distill.launch import build_config, check_choices, result_lines
         from refine.errors import ConfigError
 
         if data is None:
@@ -95,57 +93,23 @@ def register(app: typer.Typer) -> None:
                 "Pass DATA (a run directory, an export or hf:owner/name): `refine distill DATA --out DIR`, "
                 'or `data = "..."` in the [distill] table of --config.'
             )
-        if ablation not in ABLATIONS:
-            raise ConfigError(f"--ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
-        pf_values = {"auto": "auto", "on": True, "off": False}
-        if padding_free not in pf_values:
-            raise ConfigError(f"--padding-free {padding_free!r} is not one of auto, on, off")
+        options = dict(base=base, lora=lora, merge=merge, max_steps=max_steps, epochs=epochs, lr=lr)
+        options.update(batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, ablation=ablation)
+        options.update(padding_free=padding_free, packing=packing, compile_model=compile_model, seed=seed)
         if show:
+            check_choices(ablation, padding_free)
             show_masks(data, base, show, ablation, max_length)
             return
-        if out is None:
-            raise ConfigError("--out is required to train (the folder the student checkpoint is written to)")
-        if merge and not lora:
-            raise ConfigError("--merge only applies to --lora training")
-
-        from refine.distill.config import DistillConfig
-        from refine.distill.trainer import distill
-
-        cfg = DistillConfig(
-            out=Path(out),
-            base=base,
-            ablation=ablation,  # type: ignore[arg-type]
-            lora=lora,
-            merge_lora=merge,
-            max_steps=max_steps,
-            epochs=epochs,
-            learning_rate=lr,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            max_length=max_length,
-            padding_free=pf_values[padding_free],  # type: ignore[arg-type]
-            torch_compile=compile_model,
-            packing=packing,
-            gradient_checkpointing=not no_checkpointing,
-            seed=seed,
-        )
+        cfg = build_config(out, no_checkpointing=no_checkpointing, **options)
         import os
+
+        from refine.distill.trainer import distill
 
         # under accelerate/torchrun every rank runs this command: only the first one reports
         console = Console(quiet=os.environ.get("RANK", "0") != "0")
         result = _train_with_progress(console, data, cfg, distill)
-        console.print(
-            f"[bold green]student[/] {result.out}  steps {result.steps}  "
-            f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}  "
-            f"({result.stats['examples']} trajectories, {result.stats['trained_tokens']} trained tokens, "
-            f"{result.stats['train_seconds']} s)"
-            if result.losses
-            else f"[bold green]student[/] {result.out}  steps {result.steps}"
-        )
-        from refine.distill.report import length_summary
-
-        console.print(f"length: {length_summary(result.stats)}")
-        console.print(f"load it with refine.lm.get_lm({result.model_string!r})")
+        for line in result_lines(result):
+            console.print(line)
 
 
 def _train_with_progress(console, data, cfg, distill):  # type: ignore[no-untyped-def]

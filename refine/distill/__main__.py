@@ -1,4 +1,5 @@
-"""`python -m refine.distill DATA --out DIR ...`: the `refine distill` command as a module, for `accelerate launch -m`.
+"""`python -m refine.distill DATA --out DIR ...`: training without the CLI, for `accelerate launch -m` (see
+`refine.distill.launch`).
 
 accelerate launch --config_file examples/accelerate/fsdp.yaml -m refine.distill runs/synth --out runs/student
 """
@@ -7,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from refine.cli.app import main
+from refine.distill.launch import main
 
 if __name__ == "__main__":
-    sys.argv = ["refine", "distill", *sys.argv[1:]]
-    main()
+    sys.exit(main())
