@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ def _pending_errors(store: Any, specs: list[dict[str, Any]], failures: list[dict
     ]
 
 
-def _failure(records: list[Mapping[str, Any]], pending: list[dict[str, Any]]) -> str | None:
+def _failure(records: Sequence[Mapping[str, Any]], pending: list[dict[str, Any]]) -> str | None:
     """Why the run counts as failed (every episode failed, or most with one LM error), or None."""
     from refine.health import failure_reason
 

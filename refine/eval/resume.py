@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ __all__ = ["UNRECORDED_FIELDS", "resume_config", "stored_config"]
 UNRECORDED_FIELDS = ("decoding",)
 
 
-def stored_config(out: str | Path) -> dict[str, Any] | None:
+def stored_config(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The config in `out/manifest.json`, or None (no run there yet, or a manifest `RunStore` will judge itself)."""
     try:
         manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
