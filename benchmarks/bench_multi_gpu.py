@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
-    from refine.distill.attention import register_varlen_attention
     from refine.distill.config import DistillConfig
+    from refine.distill.packed_attention import register_varlen_attention
     from refine.distill.trainer import make_trainer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -130,7 +130,7 @@ def _model(shape: dict[str, Any], device: str, dtype: Any, attn: str) -> Any:
 
 
 def _tokenizer() -> Any:
-    from refine.distill.tiny import make_tiny_tokenizer
+    from refine.distill.tiny_bases import make_tiny_tokenizer
 
     return make_tiny_tokenizer("chatml")  # only its pad/eos ids are used: rows are pre-tokenized
 
@@ -319,7 +319,7 @@ def run_variant(
         torch.cuda.reset_peak_memory_stats()
     attn = "sdpa"
     if spec["trainer"] == "refine":
-        from refine.distill.attention import register_varlen_attention
+        from refine.distill.packed_attention import register_varlen_attention
 
         attn = register_varlen_attention()
     model = _model(shape, device, dtype, attn)
@@ -404,7 +404,7 @@ def _check_varlen(cpu: bool) -> dict[str, Any]:
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from refine.distill.attention import register_varlen_attention, varlen_kernel_available
+    from refine.distill.packed_attention import register_varlen_attention, varlen_kernel_available
 
     device, dtype = ("cpu", torch.float32) if cpu else ("cuda", torch.bfloat16)
     shape = dict(SHAPES["tiny"], hidden=256, inter=512, heads=8, kv=2, layers=2)

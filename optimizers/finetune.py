@@ -143,8 +143,8 @@ class RefinementFinetune(dspy.teleprompt.Teleprompter):
         Returns:
             A copy of the student bound to ``refine.lm.get_lm("local/<config.out>")``.
         """
-        from refine.distill.data import trajectory_to_row
         from refine.distill.trainer import distill
+        from refine.distill.training_rows import trajectory_to_row
         from refine.lm import resolve_lm
 
         accepted, rejected = self.collect(teacher if teacher is not None else student, trainset)

@@ -203,8 +203,8 @@ def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
 def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation: str = "masked") -> dict[str, Any]:
     """Distill the accepted trajectories of `sources` into `out` (the paper's ablations via `ablation`)."""
     from refine.distill import DistillConfig, distill
-    from refine.distill.data import load_rows
     from refine.distill.provider import base_from_model_string
+    from refine.distill.training_rows import load_rows
 
     rows: list[dict[str, Any]] = []
     for src in sources:

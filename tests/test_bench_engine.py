@@ -54,7 +54,7 @@ def test_bad_variants_and_missing_gguf_fail_before_any_run(tmp_path):
 
 
 def test_tiny_run_of_every_engine_variant_in_fresh_processes(tmp_path):
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     bench = _load()
     folder = make_tiny_chat_model(tmp_path / "model")

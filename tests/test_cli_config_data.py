@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 pytest.importorskip("trl")
 
 from refine.cli.app import app
-from refine.distill.tiny import save_tiny_model
+from refine.distill.tiny_bases import save_tiny_model
 from refine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ def test_configs_are_valid_accelerate_configs(name, kind, procs):
 
 @pytest.mark.slow
 def test_two_process_training_on_cpu(tmp_path):
-    from refine.distill.tiny import save_tiny_model
+    from refine.distill.tiny_bases import save_tiny_model
 
     base = save_tiny_model(tmp_path / "base")
     data = tmp_path / "data.jsonl"

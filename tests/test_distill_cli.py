@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 pytest.importorskip("trl")
 
 from refine.cli.app import app
-from refine.distill.tiny import save_tiny_model
+from refine.distill.tiny_bases import save_tiny_model
 from refine.errors import ConfigError
 
 MSGS = [
@@ -156,8 +156,8 @@ def test_every_export_distills_with_its_masks(run_dir, base, tmp_path, fmt):
     """run dir -> export -> `refine distill` (1 step): the trained-token count equals the run's own."""
     from transformers import AutoTokenizer
 
-    from refine.distill.data import load_rows
     from refine.distill.labels import IGNORE_INDEX, build_labels
+    from refine.distill.training_rows import load_rows
 
     out = tmp_path / _OUT_NAMES.get(fmt, fmt)
     export_run(run_dir, fmt, out)
@@ -203,7 +203,7 @@ def test_trl_sfttrainer_trains_exactly_the_build_labels_tokens(run_dir, tmp_path
     from trl import SFTConfig, SFTTrainer
 
     from refine.distill.labels import build_labels
-    from refine.distill.tiny import make_tiny_model, make_tiny_tokenizer
+    from refine.distill.tiny_bases import make_tiny_model, make_tiny_tokenizer
 
     if family == "smollm2":
         from transformers import AutoTokenizer

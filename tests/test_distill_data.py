@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from refine.data import ActionSpec, Provenance, Script, Trajectory, Turn
-from refine.distill.data import apply_ablation, load_rows, normalize_row
+from refine.distill.training_rows import apply_ablation, load_rows, normalize_row
 from refine.errors import TrainingError
 
 MSGS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from refine.distill.labels import IGNORE_INDEX, build_labels, fit_length, render_mask
-from refine.distill.tiny import make_tiny_tokenizer
+from refine.distill.tiny_bases import make_tiny_tokenizer
 from refine.errors import TrainingError
 
 SYSTEM = "You are an agent. Available actions: go to X, take X from Y."

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from refine.distill.attention import register_varlen_attention  # noqa: E402
 from refine.distill.config import DistillConfig  # noqa: E402
 from refine.distill.labels import build_labels  # noqa: E402
-from refine.distill.tiny import make_tiny_model, make_tiny_tokenizer, save_tiny_model  # noqa: E402
+from refine.distill.packed_attention import register_varlen_attention  # noqa: E402
+from refine.distill.tiny_bases import make_tiny_model, make_tiny_tokenizer, save_tiny_model  # noqa: E402
 from refine.distill.trainer import distill, make_trainer, sft_config_kwargs, tokenize_rows  # noqa: E402
 from refine.errors import TrainingError  # noqa: E402
 

@@ -175,7 +175,7 @@ def test_llamafactory_v1_layout(run, tmp_path):
 @pytest.mark.parametrize("style", ["chatml", "llama3"])
 def test_trl_template_marks_exactly_the_trained_turns(run, tmp_path, style):
     from refine.distill.labels import IGNORE_INDEX, build_labels
-    from refine.distill.tiny import make_tiny_tokenizer
+    from refine.distill.tiny_bases import make_tiny_tokenizer
 
     export_run(run, "trl", tmp_path / "trl", template=style)
     template = (tmp_path / "trl" / "chat_template.jinja").read_text()
@@ -297,7 +297,7 @@ def test_llamafactory_v1_loader_reads_the_export(run, tmp_path):
         from llamafactory.v1.core.utils.rendering import render_chatml_messages
     except ImportError:
         return
-    from refine.distill.tiny import make_tiny_tokenizer
+    from refine.distill.tiny_bases import make_tiny_tokenizer
 
     tok = make_tiny_tokenizer("chatml")
     out = render_chatml_messages(tok, ds[0]["messages"])

@@ -12,7 +12,7 @@ pytest.importorskip("trl")
 
 from refine.distill.config import DistillConfig
 from refine.distill.provider import TRLProvider, TRLTrainingJob, base_from_model_string
-from refine.distill.tiny import save_tiny_model
+from refine.distill.tiny_bases import save_tiny_model
 from refine.errors import ConfigError, TrainingError
 from refine.optimizers.finetune import RefinementFinetune
 from refine.programs import AgentRefinePipeline

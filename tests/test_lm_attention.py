@@ -92,7 +92,7 @@ def test_trimmed_attention_defers_to_sdpa_without_a_mask(monkeypatch):
 
 def test_loader_uses_trimmed_attention_for_cpu_models(tmp_path):
     from refine.lm.loader import load_model
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     loaded = load_model(f"local/{make_tiny_chat_model(tmp_path / 'model')}")
     assert loaded.model.config._attn_implementation == TRIMMED_ATTENTION

@@ -33,7 +33,7 @@ def test_engine_loads_and_runs_its_model_on_the_compute_thread(tmp_path, monkeyp
 
     from refine.lm import loader
     from refine.lm.engine import LocalEngine
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     loads: list[str] = []
     real_load = loader._load

@@ -180,7 +180,7 @@ class Typed(dspy.Signature):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     return make_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -57,7 +57,7 @@ GOOD = (
 def ll_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     folder = make_tiny_chat_model(tmp_path_factory.mktemp("tiny"))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

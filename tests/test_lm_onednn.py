@@ -33,7 +33,7 @@ def test_onednn_linear_matches_nn_linear_on_batched_3d_input(monkeypatch):
 def test_swap_keeps_greedy_generation_and_can_be_turned_off(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     folder = make_tiny_chat_model(tmp_path / "model")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -63,7 +63,7 @@ def test_only_float32_cpu_models_within_the_memory_budget_are_wrapped(monkeypatc
 
 def test_loader_swaps_the_engine_models_linears(tmp_path):
     from refine.lm.loader import load_model
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     loaded = load_model(f"local/{make_tiny_chat_model(tmp_path / 'model')}")
     kinds = {type(m).__name__ for m in loaded.model.modules()}

@@ -99,7 +99,7 @@ def test_modes_resolve_from_argument_then_environment(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     return make_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
 

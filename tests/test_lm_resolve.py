@@ -259,7 +259,7 @@ def test_cli_lm_check_with_a_local_model(tmp_path):
     from typer.testing import CliRunner
 
     from refine.cli.app import app
-    from refine.lm.tiny import make_tiny_chat_model
+    from refine.lm.tiny_chat_model import make_tiny_chat_model
 
     folder = make_tiny_chat_model(tmp_path / "tiny")
     result = CliRunner().invoke(app, ["lm", "check", "--model", f"local/{folder}", "--max-tokens", "200"])

@@ -34,7 +34,8 @@ def _source_files() -> dict[str, Path]:
             rel = p.relative_to(ROOT / src)
             if src == "refine" and rel.parts[0] in GENERIC:
                 continue
-            if p.suffix == ".py" or p.name == "py.typed" or (p.suffix in (".jsonl", ".csv") and rel.parts[0] == "data"):
+            is_asset = p.suffix in (".jsonl", ".csv") and rel.parts[0] == "assets"
+            if p.suffix == ".py" or p.name == "py.typed" or is_asset:
                 wanted[f"{dst}/{rel.as_posix()}"] = p
     return wanted
 

@@ -59,7 +59,7 @@ def test_replication_tiny_end_to_end_and_resume(tmp_path, capsys):
     pytest.importorskip("trl")
     pytest.importorskip("pddlgym")
     pytest.importorskip("minigrid")
-    from refine.distill.tiny import save_tiny_model
+    from refine.distill.tiny_bases import save_tiny_model
 
     student = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "study"

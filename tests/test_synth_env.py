@@ -35,7 +35,7 @@ def _records(run, kind):
 
 def test_cli_synth_plays_babyai_with_the_env_expert_as_refiner(tmp_path):
     pytest.importorskip("minigrid")
-    from refine.distill.data import load_rows
+    from refine.distill.training_rows import load_rows
 
     run = tmp_path / "run"
     args = ["synth", "--program", "interactive", "--env", "babyai", "--refiner", "env", "--lm", AGENT]

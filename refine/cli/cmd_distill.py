@@ -15,9 +15,9 @@ def show_masks(data: str, base: str | None, n: int, ablation: str, max_length: i
     from rich.text import Text
     from transformers import AutoTokenizer
 
-    from refine.distill.data import apply_ablation, load_rows
     from refine.distill.labels import build_labels, render_mask
     from refine.distill.trainer import resolve_base
+    from refine.distill.training_rows import apply_ablation, load_rows
     from refine.errors import TrainingError
 
     console = Console(highlight=False)

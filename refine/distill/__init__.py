@@ -20,14 +20,14 @@ _EXPORTS = {
     "IGNORE_INDEX": "refine.distill.labels",
     "TRLProvider": "refine.distill.provider",
     "TRLTrainingJob": "refine.distill.provider",
-    "VARLEN_ATTENTION": "refine.distill.attention",
-    "apply_ablation": "refine.distill.data",
+    "VARLEN_ATTENTION": "refine.distill.packed_attention",
+    "apply_ablation": "refine.distill.training_rows",
     "build_labels": "refine.distill.labels",
     "distill": "refine.distill.trainer",
-    "load_rows": "refine.distill.data",
-    "register_varlen_attention": "refine.distill.attention",
+    "load_rows": "refine.distill.training_rows",
+    "register_varlen_attention": "refine.distill.packed_attention",
     "render_mask": "refine.distill.labels",
-    "trajectory_to_row": "refine.distill.data",
+    "trajectory_to_row": "refine.distill.training_rows",
 }
 
 __all__ = sorted(_EXPORTS)

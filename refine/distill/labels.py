@@ -37,7 +37,7 @@ def _clean(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         if role not in ("system", "user", "assistant"):
             raise TrainingError(
                 f"message {i} has role {role!r}; training rows use the roles 'system', 'user' and 'assistant' "
-                "(convert ShareGPT 'from' values with refine.distill.data.load_rows)"
+                "(convert ShareGPT 'from' values with refine.distill.training_rows.load_rows)"
             )
         if not isinstance(content, str):
             raise TrainingError(f"message {i} ({role}) has no text content; every message needs a string 'content'")

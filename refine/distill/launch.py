@@ -88,7 +88,7 @@ def build_config(
 
 def result_lines(result: DistillResult) -> list[str]:
     """What a finished training prints (rich markup): the student, its steps and losses, lengths, how to load it."""
-    from refine.distill.report import length_summary
+    from refine.distill.model_card import length_summary
 
     first = (
         f"[bold green]student[/] {result.out}  steps {result.steps}  "

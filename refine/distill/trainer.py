@@ -3,7 +3,7 @@
 `distill(data, config)` turns training rows into turn-masked ``input_ids``/``labels`` (`build_labels`), trains the
 base model fully or with LoRA, and writes a Hugging Face checkpoint folder with a model card and a loss curve.
 On CUDA it trains padding-free: each micro-batch is one flat row with per-document position ids, and attention runs
-per document (`refine.distill.attention`), so packed trajectories never attend across boundaries and no compute is
+per document (`distill.packed_attention`), so packed trajectories never attend across boundaries and no compute is
 spent on padding. The same function runs under ``accelerate launch`` (FSDP/DeepSpeed configs in examples/accelerate).
 """
 
@@ -206,7 +206,7 @@ def load_base(base: str, *, bf16: bool, padding_free: bool) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from refine.distill.attention import register_varlen_attention
+    from refine.distill.packed_attention import register_varlen_attention
 
     try:
         tok = AutoTokenizer.from_pretrained(base)
@@ -351,7 +351,7 @@ def distill(
     """Distill training rows (or a path to them) into a student checkpoint at ``config.out``.
 
     Args:
-        data: A run directory, an exported dataset path, or an iterable of rows (see `refine.distill.data`).
+        data: A run directory, an exported dataset path, or an iterable of rows (see `refine.distill.training_rows`).
         config: The run settings.
         progress: Called after every optimizer step as ``progress(step, total_steps, last_logs)``.
         source: Human-readable data origin for the model card (defaults to the path).
@@ -366,8 +366,8 @@ def distill(
     _require_trl()
     import torch
 
-    from refine.distill.data import apply_ablation, load_rows
-    from refine.distill.report import data_provenance, write_loss_curve, write_model_card
+    from refine.distill.model_card import data_provenance, write_loss_curve, write_model_card
+    from refine.distill.training_rows import apply_ablation, load_rows
     from refine.store import package_versions
 
     rows = apply_ablation(load_rows(data), config.ablation)

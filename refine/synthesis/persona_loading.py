@@ -26,7 +26,7 @@ _HEADER_CELL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,40}$")
 
 def builtin_personas() -> list[str]:
     """The built-in persona set (about 30 varied occupations and situations, written for this project)."""
-    text = resources.files("refine").joinpath("data/personas.jsonl").read_text(encoding="utf-8")
+    text = resources.files("refine").joinpath("assets/personas.jsonl").read_text(encoding="utf-8")
     return _from_jsonl(text.splitlines(), "the built-in persona set")
 
 
