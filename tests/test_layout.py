@@ -259,6 +259,40 @@ def test_the_training_entry_does_not_import_the_cli():
     assert not {m for m in reached if m == "refine.cli" or m.startswith("refine.cli.")}, sorted(reached)
 
 
+# File names two modules may share, because the folder already says the rest (any other repeat is a same-name trap:
+# two `report.py`, an eval report and a model card, read the same in a traceback or a search).
+SHARED_NAMES = {
+    "__init__.py": "package faces",
+    "__main__.py": "`python -m` entries",
+    "config.py": "each stage's own config (executor, distill, eval, prompt_opt)",
+    "_common.py": "a package's private helpers (envs, cli)",
+    "babyai.py": "envs/ and its AgentBoard variant envs/agentboard/",
+    "pddl.py": "envs/ and its AgentBoard variant envs/agentboard/",
+    "scienceworld.py": "envs/ and its AgentBoard variant envs/agentboard/",
+    "self_refine.py": "one method: its signatures (signatures/) and its program (programs/), like every program",
+    "run.py": "executor/run.py (runs items) vs optimizers/prompt_opt/run.py (runs an optimization; H1's file)",
+}
+
+
+def repeated_names(files: Mapping[str, Path]) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
+    for module, path in files.items():
+        by_name.setdefault(path.name, []).append(module)
+    return {name: sorted(mods) for name, mods in by_name.items() if len(mods) > 1 and name not in SHARED_NAMES}
+
+
+def test_no_two_modules_share_a_file_name():
+    repeats = repeated_names(module_files(package_dirs(ROOT)))
+    assert not repeats, "same file name in two places (rename one to say what it holds): " + "; ".join(
+        f"{name}: {', '.join(mods)}" for name, mods in sorted(repeats.items())
+    )
+
+
+def test_a_planted_repeated_name_is_named(tmp_path):
+    files = module_files(_tree(tmp_path, {**CLEAN, "pkg/cli/base.py": ""}))
+    assert repeated_names(files) == {"base.py": ["pkg.base", "pkg.cli.base"]}
+
+
 # -- a test of the test: plant each kind of violation in a tiny tree ---------------------------------------------
 
 
