@@ -34,7 +34,13 @@ class GraphValidationError(RefineError, ValueError):
 
 
 class LMError(RefineError, RuntimeError):
-    """An LM could not be loaded or called (missing model files, unknown model string, engine failure)."""
+    """An LM could not be loaded or called (missing model files, unknown model string, engine failure).
+
+    Not `dspy.LMError`: DSPy 3.4 has a class of that name too (the base of its provider, transport and rate-limit
+    errors), and the two are unrelated classes. The name stays because users catch `refine.errors.LMError` today and
+    it is always reached through `refine.errors`; code that must handle both catches both:
+    ``except (refine.errors.LMError, dspy.LMError)``.
+    """
 
 
 class LMOutputError(RefineError, ValueError):
