@@ -26,7 +26,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -47,9 +47,12 @@ __all__ = [
 ]
 
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
-_MANIFEST_IGNORED_ON_RESUME = (
+# Which config keys a resume may change is the caller's knowledge (its options): `RunStore(resume_ignores=...)`.
+# Callers that pass none get these, the run settings of `refine synth` (SynthConfig) and the keys older manifests
+# hold; removed when #18's synthesis branch passes its own.
+_DEFAULT_RESUME_IGNORES = (
     *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
-    *("timeout", "item_timeout", "retries", "keep_failed", "trust_program"),  # how hard to try, not what to make
+    *("timeout", "item_timeout", "retries", "keep_failed", "trust_program"),
 )
 
 MAX_FIELD_CHARS = 200_000
@@ -111,6 +114,9 @@ def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
 class RunStore:
     """An append-only, resumable run directory.
 
+    A resume (`resume=True` on a folder that holds a run) must bring the same `config`, except the keys listed in
+    `resume_ignores`: the caller's settings of how hard to try (workers, timeouts), not of what to make.
+
     Example:
         >>> import tempfile
         >>> store = RunStore(tempfile.mkdtemp() + "/run", config={"n": 2})
@@ -132,6 +138,7 @@ class RunStore:
         shard: str | None = None,
         lock: bool = True,
         max_field_chars: int = MAX_FIELD_CHARS,
+        resume_ignores: Collection[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_field_chars = max_field_chars
@@ -168,8 +175,9 @@ class RunStore:
                 ) from None
         if exists:
             manifest = self.manifest
-            old = {k: v for k, v in manifest.get("config", {}).items() if k not in _MANIFEST_IGNORED_ON_RESUME}
-            new = {k: v for k, v in config.items() if k not in _MANIFEST_IGNORED_ON_RESUME}
+            ignored = _DEFAULT_RESUME_IGNORES if resume_ignores is None else tuple(resume_ignores)
+            old = {k: v for k, v in manifest.get("config", {}).items() if k not in ignored}
+            new = {k: v for k, v in config.items() if k not in ignored}
             if config and old != new:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunStoreError(

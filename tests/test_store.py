@@ -66,6 +66,31 @@ class TestAppendAndResume:
         # run-time knobs (threads, ...) may change on resume
         RunStore(tmp_path / "run", config={"model": "a", "n": 3, "num_threads": 8}, resume=True).close()
 
+    def test_the_caller_says_which_keys_a_resume_may_change(self, tmp_path):
+        RunStore(tmp_path / "run", config={"model": "a", "workers": 2, "threads": 1}).close()
+        ignores = ("threads",)
+        RunStore(tmp_path / "run", config={"model": "a", "workers": 2, "threads": 8}, resume=True,
+                 resume_ignores=ignores).close()  # fmt: skip
+        with pytest.raises(RunStoreError, match=r"its config differs in \['workers'\]"):
+            RunStore(tmp_path / "run", config={"model": "a", "workers": 4, "threads": 1}, resume=True,
+                     resume_ignores=ignores)  # fmt: skip
+
+    def test_an_eval_resume_may_change_workers_only(self, tmp_path):
+        from refine.envs.base import ToyEnv
+        from refine.eval import EvalConfig, evaluate
+        from refine.eval.reference_agents import ExpertAgent
+
+        def toy(name, perturb):
+            return ToyEnv()
+
+        evaluate(ExpertAgent(), EvalConfig(envs=["toy"], episodes=1, workers=1), out=tmp_path / "e", env_factory=toy)
+        res = evaluate(ExpertAgent(), EvalConfig(envs=["toy"], episodes=1, workers=3), out=tmp_path / "e",
+                       env_factory=toy, resume=True)  # fmt: skip
+        assert res.summary["envs"]["toy"]["base"]["success_rate"] == 1.0
+        with pytest.raises(RunStoreError, match=r"its config differs in \['max_steps'\]"):
+            evaluate(ExpertAgent(), EvalConfig(envs=["toy"], episodes=1, max_steps=3), out=tmp_path / "e",
+                     env_factory=toy, resume=True)  # fmt: skip
+
     def test_resume_with_non_json_config_types(self, tmp_path):
         # Regression: tuples / Paths were stored as JSON lists / strings, so every resume reported a mismatch.
         cfg = {"sizes": (1, 2), "out_dir": tmp_path / "x", "nested": {"t": ("a",)}}

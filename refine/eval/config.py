@@ -4,7 +4,7 @@ and constructors of its environments. Re-exported by `refine.eval`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,8 @@ class EvalConfig(BaseModel):
     """What to evaluate; one object feeds both the Python API and `refine eval`."""
 
     model_config = ConfigDict(extra="forbid")
+    #: Fields a resumed run may change: how hard to try, not what is measured (`RunStore(resume_ignores=...)`).
+    RESUME_IGNORES: ClassVar[tuple[str, ...]] = ("workers",)
 
     envs: list[str] = Field(default_factory=lambda: list(DEFAULT_ENVS), description="Environments to evaluate on.")
     episodes: int = Field(default=5, ge=1, description="Episodes per environment (and per variant).")

@@ -172,7 +172,7 @@ def evaluate(
         stored = config.model_dump(exclude={"episode_timeout"})
         if resume:  # a run made before a config field existed resumes with its default (refine.eval.resume)
             stored = resume_config(stored, stored_config(out))
-        store = RunStore(out, config=stored, resume=resume)
+        store = RunStore(out, config=stored, resume=resume, resume_ignores=EvalConfig.RESUME_IGNORES)
     try:
         return _evaluate(agent, config, store, env_factory, on_episode, on_step, ex_cfg, start_together_s)
     except KeyboardInterrupt:
