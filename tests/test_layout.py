@@ -65,6 +65,8 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(
         (
             "refine.synth",
+            "refine.synthesis",  # #18's synthesis branch (H1): the synthesis stage package
+            "refine.saved_program",  # #18's synthesis branch (H1): saved-program loading below the registry
             "refine.personas",
             "refine.verify",
             "refine.optimizers",
