@@ -51,3 +51,15 @@ def test_engine_loads_and_runs_its_model_on_the_compute_thread(tmp_path, monkeyp
         engine.close()
     assert loads == ["refine-lm-compute"]
     assert len(responses) == 3 and forwards and set(forwards) == {"refine-lm-compute"}
+
+
+def test_ctrl_c_drains_the_compute_thread_through_the_hook_it_registers(monkeypatch):
+    """refine.interrupt knows no LM code: the compute thread registers its wait with `on_drain` when imported."""
+    from refine import interrupt
+    from refine.lm import compute
+
+    assert compute.wait_idle in interrupt._drains
+    assert interrupt.drain(1.0) is True  # idle (or never started)
+    busy: list[float] = []
+    monkeypatch.setattr(interrupt, "_drains", [*interrupt._drains, lambda timeout: busy.append(timeout) or False])
+    assert interrupt.drain(0.5) is False and busy == [0.5]
