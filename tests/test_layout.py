@@ -65,8 +65,8 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(
         (
             "refine.synth",
-            "refine.synthesis",  # #18's synthesis branch (H1): the synthesis stage package
-            "refine.saved_program",  # #18's synthesis branch (H1): saved-program loading below the registry
+            "refine.synthesis",
+            "refine.saved_program",  # saved-program loading, below the registry
             "refine.personas",
             "refine.verify",
             "refine.optimizers",
@@ -82,16 +82,6 @@ FLOORS: dict[str, int] = {
     "refine.cli": TOP,
     "refine.quickstart": TOP,
 }
-
-# Known violations that #18's synthesis branch (helper H1) removes: synthesis in one module, one `load_program` below
-# the registry. Each entry is (kind, module): a cycle entry matches a cycle through that module.
-# removed when #18's synthesis branch lands
-PENDING: set[tuple[str, str]] = {
-    ("long", "refine.synth"),
-    ("long", "refine.quickstart"),
-    ("cycle", "refine.programs_registry"),
-}
-
 
 # -- the graph ----------------------------------------------------------------------------------------------------
 
@@ -221,11 +211,6 @@ def violations(dirs: Mapping[str, Path], floors: Mapping[str, int]) -> list[tupl
     return found
 
 
-def _is_pending(entry: tuple[str, str], violation: tuple[str, tuple[str, ...], str]) -> bool:
-    """A PENDING (kind, module) entry covers a violation of that kind involving that module."""
-    return entry[0] == violation[0] and entry[1] in violation[1]
-
-
 def _messages(found: Iterable[tuple[str, tuple[str, ...], str]]) -> set[str]:
     return {message for _, _, message in found}
 
@@ -235,15 +220,7 @@ def _messages(found: Iterable[tuple[str, tuple[str, ...], str]]) -> set[str]:
 
 def test_the_project_has_no_cycle_no_upward_arrow_and_no_long_module():
     found = violations(package_dirs(ROOT), FLOORS)
-    offenders = [v[2] for v in found if not any(_is_pending(entry, v) for entry in PENDING)]
-    assert not offenders, "\n".join(offenders)
-
-
-def test_every_pending_entry_still_occurs():
-    """A fixed violation leaves PENDING, so it cannot come back unnoticed."""
-    found = violations(package_dirs(ROOT), FLOORS)
-    stale = sorted(entry for entry in PENDING if not any(_is_pending(entry, v) for v in found))
-    assert not stale, f"PENDING entries that no longer occur (remove them from tests/test_layout.py): {stale}"
+    assert not found, "\n".join(message for _, _, message in found)
 
 
 def test_the_graph_sees_the_remapped_packages_and_imports_inside_functions():
@@ -272,7 +249,7 @@ SHARED_NAMES = {
     "pddl.py": "envs/ and its AgentBoard variant envs/agentboard/",
     "scienceworld.py": "envs/ and its AgentBoard variant envs/agentboard/",
     "self_refine.py": "one method: its signatures (signatures/) and its program (programs/), like every program",
-    "run.py": "executor/run.py (runs items) vs optimizers/prompt_opt/run.py (runs an optimization; H1's file)",
+    "run.py": "executor/run.py (runs items) vs optimizers/prompt_opt/run.py (runs an optimization): to rename",
 }
 
 
