@@ -67,9 +67,7 @@ def load_graph(spec: str, **options: Any) -> Any:
     return obj
 
 
-def load_optimized(
-    path: str | Path, program: Any = None, allow_pickle: bool = False, trust: Iterable[str] = ()
-) -> Any:
+def load_optimized(path: str | Path, program: Any = None, allow_pickle: bool = False, trust: Iterable[str] = ()) -> Any:
     """Load a program written by `refine optimize` / `refine.optimizers.optimize(..., out=DIR)`.
 
     The folder is data: the program spec recorded in `report.json` is rebuilt only when it is one of this project's

@@ -249,7 +249,6 @@ SHARED_NAMES = {
     "pddl.py": "envs/ and its AgentBoard variant envs/agentboard/",
     "scienceworld.py": "envs/ and its AgentBoard variant envs/agentboard/",
     "self_refine.py": "one method: its signatures (signatures/) and its program (programs/), like every program",
-    "run.py": "executor/run.py (runs items) vs optimizers/prompt_opt/run.py (runs an optimization): to rename",
 }
 
 

@@ -128,4 +128,3 @@ def test_the_synth_bar_moves_within_an_item(tmp_path):
     assert any(b["eta"] is not None for b in before)  # an ETA before any item finished
     assert final.completed == 1 and final.fields["rate"] in ("0%", "100%")
     assert final.fields["tokens"] == totals["tokens"]  # live tokens add up to the records' usage
-

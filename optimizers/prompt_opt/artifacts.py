@@ -34,7 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class PredictorChange:
     """How one predictor changed: its instructions (old/new and a unified diff) and its number of demos."""

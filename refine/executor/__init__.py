@@ -34,8 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 from refine.executor.config import RAY_INSTALL_HINT, ExecutorConfig, ExecutorOption, RayAddressOption
+from refine.executor.dispatch import run_items
 from refine.executor.items import Emit, ItemOutcome, RunSummary
-from refine.executor.run import run_items
 
 __all__ = [
     "RAY_INSTALL_HINT",
