@@ -76,9 +76,10 @@ def _text(output: Any) -> str:
 
 
 class _ChatSession:
-    def __init__(self, agent: ChatAgent, task: str, system: str) -> None:
+    def __init__(self, agent: ChatAgent, task: str, system: str, seed: int | None = None) -> None:
         self.agent = agent
         self.task = task
+        self.seed = seed
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}]
         self._cut = 0  # index of the oldest recent message kept once the history outgrew the window (0: no cut yet)
 
@@ -112,13 +113,24 @@ class _ChatSession:
         ]
         return Request(model=self.agent.model, system=window[0]["content"], messages=messages, config=config)
 
+    def _call_options(self, request: Any) -> dict[str, Any]:
+        """A sampling agent's episode seed as DSPy's `rollout_id`: episodes that see the same observations (a
+        deterministic environment) then get their own samples instead of one cached answer, and a replayed episode
+        gets its own answers back. Greedy decoding keeps one cache entry (the answer is the same anyway); the request
+        itself is unchanged, so an in-process engine still batches episodes of different seeds together."""
+        sampling = float(request.config.temperature or 0.0) > 0
+        if self.seed is None or not sampling or not isinstance(self.agent.lm, dspy.LM):
+            return {}
+        return {"rollout_id": self.seed}
+
     def act(self, observation: str) -> AgentAction:
         first = len(self.messages) == 1
         self.messages.append(
             {"role": "user", "content": format_first_user(self.task, observation) if first else observation}
         )
         try:
-            response = self.agent.lm(self._request())
+            request = self._request()
+            response = self.agent.lm(request, **self._call_options(request))
         except Exception as exc:  # any LM failure becomes a recorded failed turn, not a crashed episode
             logger.warning("LM call failed: %s", exc)
             self.messages.append({"role": "assistant", "content": ""})
@@ -174,8 +186,9 @@ class ChatAgent:
     def model(self) -> str:
         return str(getattr(self.lm, "model", "") or "")
 
-    def start(self, task: str, environment: str, actions: Sequence[str]) -> _ChatSession:
-        return _ChatSession(self, task, format_system(environment, actions, self.instructions))
+    def start(self, task: str, environment: str, actions: Sequence[str], seed: int | None = None) -> _ChatSession:
+        """Open an episode; `seed` (the episode's) keeps the samples of episodes apart when the agent samples."""
+        return _ChatSession(self, task, format_system(environment, actions, self.instructions), seed)
 
 
 class _ProgramSession:

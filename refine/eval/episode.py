@@ -8,6 +8,7 @@ agent, so `evaluate` keeps it out of the numbers and leaves it pending for `--re
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,14 @@ def lm_failure(error: str | None) -> str | None:
     if name.isidentifier() and name.endswith(("Error", "Exception", "Timeout")):
         return None if any(c in name for c in _CONTENT_ERRORS) else error
     return None
+
+
+def _takes_seed(agent: Any) -> bool:
+    """Whether `agent.start` accepts the episode's seed (ChatAgent does; a user's agent may not)."""
+    try:
+        return "seed" in inspect.signature(agent.start).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -107,7 +116,8 @@ def run_episode(
         if callable(start_with_env):
             session = start_with_env(env, first)
         else:
-            session = agent.start(first.instruction, getattr(env, "description", ""), actions)
+            args = (first.instruction, getattr(env, "description", ""), actions)
+            session = agent.start(*args, seed=spec.get("seed")) if _takes_seed(agent) else agent.start(*args)
     except Exception as exc:  # a broken agent is a recorded failure of this episode
         record["error"] = f"agent failed to start: {type(exc).__name__}: {exc}"
         record["wall_s"] = round(time.perf_counter() - started, 3)
