@@ -25,6 +25,7 @@ import dspy
 from refine.errors import ConfigError
 from refine.formats import AGENT_INSTRUCTIONS, format_first_user, format_system, parse_assistant
 from refine.imports import import_object
+from refine.lm.failures import raise_if_auth_failure
 from refine.signatures.player import PlayerAct
 
 __all__ = ["AgentAction", "AgentSession", "ChatAgent", "ProgramAgent", "describe_actions", "resolve_agent"]
@@ -132,6 +133,7 @@ class _ChatSession:
             request = self._request()
             response = self.agent.lm(request, **self._call_options(request))
         except Exception as exc:  # any LM failure becomes a recorded failed turn, not a crashed episode
+            raise_if_auth_failure(exc, self.agent.lm)  # ...except a refused key, which ends the run
             logger.warning("LM call failed: %s", exc)
             self.messages.append({"role": "assistant", "content": ""})
             return AgentAction("", None, "", error=f"lm error: {type(exc).__name__}: {exc}"[:500])
@@ -208,6 +210,7 @@ class _ProgramSession:
             with dspy.context(usage_tracker=tracker, trace=[]):
                 pred = self.agent(**self.inputs, history="\n".join(history))
         except Exception as exc:  # adapter parse errors and LM failures are recorded, not raised
+            raise_if_auth_failure(exc, self.agent.act.lm or dspy.settings.lm)  # ...except a refused key: the run ends
             self.history.append("Action: (none)")
             return AgentAction("", None, "", error=f"{type(exc).__name__}: {exc}"[:500])
         prompt_tokens, completion_tokens = _tokens(tracker)

@@ -7,6 +7,7 @@ __all__ = [
     "EnvError",
     "ExportError",
     "GraphValidationError",
+    "LMAuthError",
     "LMError",
     "LMOutputError",
     "RefineError",
@@ -62,6 +63,14 @@ class RunFailedError(RefineError, RuntimeError):
     """A run ended without doing its work: every item failed, or most failed on the same LM error.
 
     The manifest says `failed` with the reason; the CLI exits 1.
+    """
+
+
+class LMAuthError(LMError, RunFailedError):
+    """The LM server refused the API key (HTTP 401/403): the whole run stops, as no further call can succeed.
+
+    Not a transient error (no retry) and not a rejection of the item: the manifest says `failed` with this message,
+    which names the variable (or `--api-key-env`) to fix; finished items are kept for `--resume`.
     """
 
 

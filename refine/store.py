@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.data import jsonable
-from refine.errors import RunStoreError
+from refine.errors import RunFailedError, RunStoreError
 from refine.redaction import redact, register_config_secrets, register_secret, scrub_secrets, secret_values
 
 __all__ = [
@@ -430,8 +430,15 @@ class RunStore:
         try:
             if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
                 self.mark_interrupted()
+            elif exc_type is not None and issubclass(exc_type, RunFailedError) and exc[0] is not None:
+                self.mark_failed(str(exc[0]))
         finally:
             self.close()
+
+    def mark_failed(self, reason: str) -> None:
+        """Record in the manifest that the run cannot go on (a `RunFailedError`, e.g. a refused API key)."""
+        if self.shard is None and self._lockfile is not None:
+            self.update_manifest(status="failed", failure=scrub_secrets(reason, self._secrets), failed_at=_now())
 
     def mark_interrupted(self) -> None:
         """Record in the manifest that the run was stopped by Ctrl-C/SIGTERM (resume it with --resume)."""

@@ -1,10 +1,12 @@
 """A fault-injecting OpenAI-compatible chat server on 127.0.0.1, for the reliability tests of issue #16.
 
-It answers DSPy's chat prompts with `tests.test_synth_support.teacher_respond`, and can misbehave on a seeded
-fraction of calls: HTTP 500, HTTP 429, a hang (no answer for `hang_s`), or a trickle (the answer one byte every
-`trickle_s`, which no read timeout catches). `vary=True` makes every answer differ (a counter in the script), as a
-sampling server's would; `down=True` refuses every call with 503 until set back; `echo_key=True` answers 401 with
-the caller's Authorization header in the message, as some servers do.
+It answers DSPy's chat prompts with `tests.test_synth_support.teacher_respond`, and can misbehave on a seeded fraction
+of calls: HTTP 500, HTTP 429, a hang (no answer for `hang_s`), or a trickle (the answer one byte every `trickle_s`,
+which no read timeout catches), or HTTP 401/403 (the key was refused: a fault of the run, not of one call).
+`faults_after=N` answers the first N calls (a preflight probe, a key revoked mid-run) before faults start. `vary=True`
+makes every answer differ (a counter in the script), as a sampling server's would; `down=True` refuses every call with
+503 until set back; `echo_key=True` answers 401 with the caller's Authorization header in the message, as some servers
+do.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 from refine.testing import _FIELD_LINE, _INPUT_BLOCK, _OUTPUT_BLOCK, _format
 
-__all__ = ["FAULTS", "FaultServer"]
+__all__ = ["AUTH_FAULTS", "FAULTS", "FaultServer"]
 
 FAULTS = ("500", "429", "hang", "trickle")
+AUTH_FAULTS = ("401", "403")
 
 
 def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], bool]:
@@ -56,6 +59,7 @@ class FaultServer:
         hang_s: float = 30.0,
         trickle_s: float = 0.5,
         echo_key: bool = False,
+        faults_after: int = 0,
     ) -> None:
         self.vary = vary
         self.fault_rate = fault_rate
@@ -63,6 +67,7 @@ class FaultServer:
         self.hang_s = hang_s
         self.trickle_s = trickle_s
         self.echo_key = echo_key
+        self.faults_after = faults_after
         self.down = False
         self.calls = 0
         self.answered = 0
@@ -122,6 +127,7 @@ class FaultServer:
             n = self.calls
             self.seeds.append(body.get("seed"))
             fault = self._rng.choice(self.faults) if self._rng.random() < self.fault_rate else None
+            fault = fault if n > self.faults_after else None
             if fault:
                 self.injected[fault] += 1
         if self.down:
@@ -130,6 +136,10 @@ class FaultServer:
         if self.echo_key:
             key = handler.headers.get("Authorization", "")
             self._send(handler, 401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "auth"}})
+            return
+        if fault in AUTH_FAULTS:
+            message = "Incorrect API key provided" if fault == "401" else "This key may not use this model"
+            self._send(handler, int(fault), {"error": {"message": message, "type": "invalid_request_error"}})
             return
         if fault == "500":
             self._send(handler, 500, {"error": {"message": "injected server error", "type": "server_error"}})

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from refine import interrupt
-from refine.errors import ConfigError
+from refine.errors import ConfigError, RunFailedError
 from refine.eval.config import (
     DEFAULT_ENVS,
     SUITES,
@@ -178,6 +178,10 @@ def evaluate(
     except KeyboardInterrupt:
         if store is not None:
             store.mark_interrupted()
+        raise
+    except RunFailedError as exc:  # the run cannot go on (a refused API key): its reason goes to the manifest
+        if store is not None:
+            store.mark_failed(str(exc))
         raise
     finally:
         if store is not None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from refine import interrupt
-from refine.errors import ConfigError, RefineError, RunStoreError
+from refine.errors import ConfigError, RefineError, RunFailedError, RunStoreError
 from refine.store import RunStore
 
 __all__ = ["Emit", "ItemOutcome", "Kinds", "RunSummary", "process_item"]
@@ -127,8 +127,8 @@ def process_item(
     except RefineError as exc:
         if interrupt.requested():
             raise interrupt.Interrupted() from exc
-        if isinstance(exc, RunStoreError | ConfigError):
-            raise  # the run itself is misconfigured or cannot write: stop instead of failing every item
+        if isinstance(exc, RunStoreError | ConfigError | RunFailedError):
+            raise  # the run itself is misconfigured, cannot write or cannot go on (a refused key): stop
         return _failed(store, key, exc, error_kind, worker, start)
     except Exception as exc:
         if interrupt.requested():

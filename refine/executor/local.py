@@ -52,3 +52,6 @@ def run_threads(
             interrupt.request()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        except BaseException:  # the run cannot go on (a refused key, a store that cannot write): start nothing queued
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

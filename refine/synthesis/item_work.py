@@ -20,6 +20,7 @@ from typing import Any
 
 from refine.data import RunRecord, Trajectory, Verdict
 from refine.errors import ConfigError, LMError
+from refine.lm.failures import raise_if_auth_failure
 from refine.lm.usage import CURRENT_COUNTER, ItemUsage
 
 __all__ = ["RETRY_BACKOFF_S", "SynthWork", "TransientLMError", "is_transient", "load_synth_program"]
@@ -290,6 +291,9 @@ class SynthWork:
             if worker.is_alive():
                 return None, None, f"ItemTimeout: the item ran past its deadline of {self.item_timeout:g} s"
         exc = box.get("error")
+        # A refused key (401/403) stops the run, whatever the program made of the failed call (refine.lm.failures).
+        for failed in [*counter.errors, *([exc] if exc is not None else [])]:
+            raise_if_auth_failure(failed, dspy.settings.lm)
         if exc is not None:
             error = f"{type(exc).__name__}: {exc}"
             if is_transient(exc):
