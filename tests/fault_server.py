@@ -3,10 +3,11 @@
 It answers DSPy's chat prompts with `tests.test_synth_support.teacher_respond`, and can misbehave on a seeded fraction
 of calls: HTTP 500, HTTP 429, a hang (no answer for `hang_s`), or a trickle (the answer one byte every `trickle_s`,
 which no read timeout catches), or HTTP 401/403 (the key was refused: a fault of the run, not of one call).
-`faults_after=N` answers the first N calls (a preflight probe, a key revoked mid-run) before faults start. `vary=True`
-makes every answer differ (a counter in the script), as a sampling server's would; `down=True` refuses every call with
-503 until set back; `echo_key=True` answers 401 with the caller's Authorization header in the message, as some servers
-do.
+`faults_after=N` answers the first N calls (a preflight probe, a key revoked mid-run) before faults start;
+`retry_after_500` sends a Retry-After header with the 500s (429s always say 0 s), so tests of client retries do not
+sleep. `vary=True` makes every answer differ (a counter in the script), as a sampling server's would; `down=True`
+refuses every call with 503 until set back; `echo_key=True` answers 401 with the caller's Authorization header in the
+message, as some servers do.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class FaultServer:
         trickle_s: float = 0.5,
         echo_key: bool = False,
         faults_after: int = 0,
+        retry_after_500: str | None = None,
     ) -> None:
         self.vary = vary
         self.fault_rate = fault_rate
@@ -68,6 +70,7 @@ class FaultServer:
         self.trickle_s = trickle_s
         self.echo_key = echo_key
         self.faults_after = faults_after
+        self.retry_after_500 = retry_after_500
         self.down = False
         self.calls = 0
         self.answered = 0
@@ -142,7 +145,8 @@ class FaultServer:
             self._send(handler, int(fault), {"error": {"message": message, "type": "invalid_request_error"}})
             return
         if fault == "500":
-            self._send(handler, 500, {"error": {"message": "injected server error", "type": "server_error"}})
+            hint = {"retry_after": self.retry_after_500} if self.retry_after_500 is not None else {}
+            self._send(handler, 500, {"error": {"message": "injected server error", "type": "server_error"}}, **hint)
             return
         if fault == "429":
             self._send(

@@ -224,10 +224,9 @@ def test_sampling_episodes_of_a_deterministic_env_get_their_own_answers_not_one_
 # --------------------------------------------------------------------------------------- deadlines and servers
 def _server_agent(server: FaultServer, **kw) -> ChatAgent:
     kw.setdefault("timeout", 30)
+    kw.setdefault("num_retries", 0)
     # A fresh model name per test: DSPy's cache ignores api_base, and answers must not come from another test.
-    lm = dspy.LM(
-        f"openai/fake-{uuid.uuid4().hex[:8]}", api_base=server.url, api_key="sk-local-test", num_retries=0, **kw
-    )
+    lm = dspy.LM(f"openai/fake-{uuid.uuid4().hex[:8]}", api_base=server.url, api_key="sk-local-test", **kw)
     return ChatAgent(lm, max_turns=None)
 
 
@@ -253,6 +252,18 @@ def test_episode_deadline_catches_a_trickling_server_and_resume_plays_it_again(t
     assert again.summary["run"]["episodes_played"] == 2 and again.summary["run"]["pending"] == 0
     assert len(_lines(run / "episodes.jsonl")) == 2 and _manifest(run)["status"] == "finished"
     assert "failure" not in again.summary["run"]
+
+
+def test_retried_rate_limits_and_server_errors_are_counted_in_the_summary_and_manifest(tmp_path):
+    # Regression (#16 item 10): calls DSPy retried after a 429/500 and then got answered left no trace.
+    cfg = EvalConfig(envs=["toy"], episodes=3, workers=3, max_steps=4)
+    with FaultServer(fault_rate=0.4, faults=("429", "500"), seed=2, retry_after_500="0") as server:
+        res = evaluate(_server_agent(server, num_retries=8), cfg, tmp_path / "run", env_factory=toy_factory)
+        injected = server.injected["429"] + server.injected["500"]
+    assert injected > 0 and res.summary["run"]["pending"] == 0 and len(res.records) == 3
+    assert sum(r["retried_calls"] for r in res.records) == injected
+    assert res.summary["run"]["retried_calls"] == injected
+    assert _manifest(tmp_path / "run")["summary"]["retried_calls"] == injected
 
 
 def test_hanging_server_fails_turns_and_the_episode_stays_pending(tmp_path):

@@ -106,6 +106,9 @@ class TestTransportFailures:
         assert totals["pending"] == 0 and len(records) == 8
         failed = sum(u.get("failed_calls", 0) for r in records for u in r["usage"].values())
         assert failed == server.injected["500"]  # every failed call is on record, in the usage of its item
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+        assert totals["failed_calls"] == manifest["totals"]["failed_calls"] == failed  # ...and in the run's totals
+        assert manifest["totals"]["per_model"][lm.model]["failed_calls"] == failed
         assert not any("injected server error" in (a.get("error") or "") for r in records for a in r["attempts"])
 
     def test_dspy_retries_of_rate_limits_are_counted(self, tmp_path):
@@ -116,6 +119,8 @@ class TestTransportFailures:
         records = _records(tmp_path / "run")
         retried = sum(u.get("retried_calls", 0) for r in records for u in r["usage"].values())
         assert injected > 0 and retried == injected
+        totals = json.loads((tmp_path / "run" / "manifest.json").read_text())["totals"]
+        assert totals["retried_calls"] == injected and totals["failed_calls"] == 0  # retried within the call
 
 
 class TestDeadlines:

@@ -150,6 +150,9 @@ def synth(
     table.add_row("rejected", str(totals["rejected"]))
     table.add_row("items with parse failures", str(totals["items_with_parse_failures"]))
     table.add_row("LM calls", str(totals["lm_calls"]))
+    if totals.get("retried_calls") or totals.get("failed_calls"):  # transport faults that were got over
+        retried, failed = totals.get("retried_calls", 0), totals.get("failed_calls", 0)
+        table.add_row("LM calls retried / failed", f"{retried} / {failed}")
     table.add_row("tokens", f"{totals['tokens']:,}")
     for model, tpa in totals["tokens_per_accepted"].items():
         table.add_row(f"tokens / accepted ({model})", "n/a" if tpa is None else f"{tpa:,}")

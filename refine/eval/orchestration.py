@@ -58,6 +58,7 @@ from refine.eval.config import (
 from refine.eval.episode import run_episode
 from refine.eval.pool import EnvPool, StartGate, play_local, play_on_ray, play_with_deadline, timeout_error
 from refine.eval.summary import compare, summarize
+from refine.lm.usage import CURRENT_COUNTER, CallCounter, install_retry_hook
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -218,7 +219,15 @@ def _evaluate(
         def episode(stop: Callable[[], bool]) -> dict[str, Any]:
             env = pool.acquire(spec["env"], spec["variant"])
             try:
-                return run_episode(agent, env, spec, config.max_steps, ready=ready, on_step=on_step, stop=stop)
+                counter = CallCounter()  # DSPy's retries of rate limits and 5xx in this episode's calls count here
+                token = CURRENT_COUNTER.set(counter)
+                install_retry_hook()
+                try:
+                    rec = run_episode(agent, env, spec, config.max_steps, ready=ready, on_step=on_step, stop=stop)
+                finally:
+                    CURRENT_COUNTER.reset(token)
+                rec["retried_calls"] = sum(counter.retried.values())
+                return rec
             finally:
                 pool.release(spec["env"], spec["variant"], env)
 
@@ -273,6 +282,7 @@ def _evaluate(
         "episode_timeout": config.episode_timeout,
         "agent": config.agent,
         "model": config.model or str(getattr(agent, "model", "") or ""),
+        "retried_calls": sum(int(r.get("retried_calls") or 0) for r in all_records),
     }
     if summary["run"]["pending"]:
         summary["warnings"].append(
@@ -285,6 +295,7 @@ def _evaluate(
     if store is not None:
         _write_json(store.path / "summary.json", summary)
         brief = {k: summary[k] for k in ("overall", "held_in", "held_out") if k in summary}
+        brief["retried_calls"] = summary["run"]["retried_calls"]
         if failure:
             store.update_manifest(status="failed", failure=failure, summary=brief)
         elif summary["run"]["pending"]:

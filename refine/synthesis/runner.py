@@ -186,6 +186,9 @@ def synth_totals(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for model, u in (rec.get("usage") or {}).items():
             for k in ("calls", "prompt_tokens", "completion_tokens"):
                 per_model[model][k] += int(u.get(k, 0) or 0)
+            for k in ("failed_calls", "retried_calls"):  # the trace of transport faults that were got over
+                if u.get(k):
+                    per_model[model][k] = per_model[model].get(k, 0) + int(u[k])
     tokens_per_accepted = {
         m: round((u["prompt_tokens"] + u["completion_tokens"]) / accepted, 1) if accepted else None
         for m, u in per_model.items()
@@ -197,6 +200,8 @@ def synth_totals(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "acceptance_rate": round(accepted / (accepted + rejected), 4) if accepted + rejected else 0.0,
         "items_with_parse_failures": parse_failures,
         "lm_calls": sum(u["calls"] for u in per_model.values()),
+        "failed_calls": sum(u.get("failed_calls", 0) for u in per_model.values()),
+        "retried_calls": sum(u.get("retried_calls", 0) for u in per_model.values()),
         "tokens": sum(u["prompt_tokens"] + u["completion_tokens"] for u in per_model.values()),
         "per_model": dict(per_model),
         "tokens_per_accepted": tokens_per_accepted,
