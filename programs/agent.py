@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import dspy
 
+from refine.data import storable_text
 from refine.errors import ConfigError
 from refine.formats import AGENT_INSTRUCTIONS, format_first_user, format_system, parse_assistant
 from refine.imports import import_object
@@ -69,11 +70,12 @@ def _tokens(tracker: Any) -> tuple[int, int]:
 
 
 def _text(output: Any) -> str:
+    """The reply's text, made storable: a lone surrogate would fail the run store and every later LM request."""
     if isinstance(output, str):
-        return output
+        return storable_text(output)
     if isinstance(output, Mapping):
-        return str(output.get("text") or output.get("content") or "")
-    return str(output or "")
+        return storable_text(str(output.get("text") or output.get("content") or ""))
+    return storable_text(str(output or ""))
 
 
 class _ChatSession:
@@ -214,8 +216,8 @@ class _ProgramSession:
             self.history.append("Action: (none)")
             return AgentAction("", None, "", error=f"{type(exc).__name__}: {exc}"[:500])
         prompt_tokens, completion_tokens = _tokens(tracker)
-        thought = str(getattr(pred, "thought", "") or "")
-        action = str(getattr(pred, "action", "") or "").strip() or None
+        thought = _text(getattr(pred, "thought", ""))
+        action = _text(getattr(pred, "action", "")).strip() or None
         # A model may answer "Action: go north" inside the action field; keep the action itself.
         if action is not None:
             action = parse_assistant(action)[1] or action

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -23,14 +24,41 @@ __all__ = [
     "Verdict",
     "content_id",
     "jsonable",
+    "storable",
+    "storable_text",
 ]
 
 ERROR_FLAGS: tuple[str, ...] = ("parameter_error", "place_error", "logic_error")
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` with every lone surrogate (e.g. `\\ud800` in an LM reply) replaced by U+FFFD, so it can be encoded,
+    stored and sent to an LM again; other text is returned unchanged (the same object).
+
+    Example:
+        >>> storable_text("ok \\ud800 fine")
+        'ok \\ufffd fine'
+    """
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+def storable(value: Any) -> Any:
+    """`storable_text` applied to every string inside dicts (keys too), lists and tuples; other values unchanged."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(storable(v) for v in value)
+    return value
+
+
 def content_id(payload: Any, length: int = 16) -> str:
     """A stable hex id for any JSON-serialisable payload (keys sorted), used as a resume key."""
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
@@ -52,6 +80,12 @@ def jsonable(value: Any) -> Any:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # LM text may hold lone surrogates: made storable here, it can be hashed, written and sent back to an LM.
+        return storable(value)
 
 
 class ActionSpec(_Model):

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from refine.data import jsonable
+from refine.data import jsonable, storable_text
 from refine.errors import RunFailedError, RunStoreError
 from refine.redaction import redact, register_config_secrets, register_secret, scrub_secrets, secret_values
 
@@ -58,7 +58,6 @@ _DEFAULT_RESUME_IGNORES = (
 MAX_FIELD_CHARS = 200_000
 """Longest string a record field may hold; longer ones are cut and listed in the record's `truncated` field."""
 _MAX_RECORD_BYTES = 32 * 2**20
-_SURROGATES = re.compile("[\ud800-\udfff]")
 # Files of a run directory that are no user's data: a killed start may leave these before its manifest.
 _RUN_ONLY = re.compile(r"^(\.lock(\..+)?|\.manifest\..*\.tmp|lm_cache)$")
 
@@ -106,7 +105,7 @@ def _normalize_config(config: Any, secrets: list[str]) -> dict[str, Any]:
             f"RunStore config must be a dict, a dataclass or a pydantic model, got {type(config).__name__}."
         )
     register_config_secrets(config)
-    text = _SURROGATES.sub("\ufffd", json.dumps(redact(dict(config)), default=str, ensure_ascii=False))
+    text = storable_text(json.dumps(redact(dict(config)), default=str, ensure_ascii=False))
     normalized: dict[str, Any] = json.loads(scrub_secrets(text, secrets))
     return normalized
 
@@ -351,7 +350,7 @@ class RunStore:
         try:
             data = (line + "\n").encode()
         except UnicodeEncodeError:  # a lone surrogate (e.g. from an LM reply): unencodable, so replace it
-            data = (_SURROGATES.sub("\ufffd", line) + "\n").encode()
+            data = (storable_text(line) + "\n").encode()
         if len(data) > _MAX_RECORD_BYTES:  # many fields under the cap: keep the key and say what happened
             stub = {"key": rec["key"], "error": f"record of {len(data):,} bytes dropped (limit {_MAX_RECORD_BYTES:,})"}
             stub.update({k: rec[k] for k in ("accepted", "index", "seed") if k in rec})

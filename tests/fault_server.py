@@ -2,12 +2,12 @@
 
 It answers DSPy's chat prompts with `tests.test_synth_support.teacher_respond`, and can misbehave on a seeded fraction
 of calls: HTTP 500, HTTP 429, a hang (no answer for `hang_s`), or a trickle (the answer one byte every `trickle_s`,
-which no read timeout catches), or HTTP 401/403 (the key was refused: a fault of the run, not of one call).
-`faults_after=N` answers the first N calls (a preflight probe, a key revoked mid-run) before faults start;
-`retry_after_500` sends a Retry-After header with the 500s (429s always say 0 s), so tests of client retries do not
-sleep. `vary=True` makes every answer differ (a counter in the script), as a sampling server's would; `down=True`
-refuses every call with 503 until set back; `echo_key=True` answers 401 with the caller's Authorization header in the
-message, as some servers do.
+which no read timeout catches), a reply whose text holds a lone surrogate ("surrogate"), or HTTP 401/403 (the key was
+refused: a fault of the run, not of one call). `faults_after=N` answers the first N calls (a preflight probe, a key
+revoked mid-run) before faults start; `retry_after_500` sends a Retry-After header with the 500s (429s always say 0
+s), so tests of client retries do not sleep. `vary=True` makes every answer differ (a counter in the script), as a
+sampling server's would; `down=True` refuses every call with 503 until set back; `echo_key=True` answers 401 with the
+caller's Authorization header in the message, as some servers do.
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ class FaultServer:
             ],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
         }
+        if fault == "surrogate":  # a poisoned reply: valid JSON whose text holds a lone surrogate (\ud800)
+            message = payload["choices"][0]["message"]
+            message["content"] = "Thought: odd \ud800 text\nAction: look\n" + message["content"]
         if fault == "trickle":
             data = json.dumps(payload).encode()
             handler.send_response(200)
