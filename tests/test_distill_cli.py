@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -329,3 +330,29 @@ def test_the_module_entry_loads_no_cli_and_refuses_a_wrong_option_in_one_line(da
 def test_python_dash_m_refine_is_the_cli():
     proc = subprocess.run([sys.executable, "-m", "refine", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "0.1.0" in proc.stdout, proc.stderr
+
+
+def test_train_progress_is_one_bar_with_loss_tokens_per_second_and_eta(base, data, tmp_path):
+    # Regression (#17 item 7): with tqdm off, transformers' PrinterCallback printed every log as a raw dict
+    # ({'loss': ..., 'grad_norm': ...}, then {'train_runtime': ...}) into the bar, and the bar had no tokens/s.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path]), "COLUMNS": "200"}
+    args = ["distill", str(data), "--base", str(base), "--out", str(tmp_path / "student"), "--max-steps", "4"]
+    args += ["--batch-size", "2", "--lr", "1e-3"]
+    out = subprocess.run(
+        [sys.executable, "-c", "from refine.cli import main; main()", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "{'" not in text and "train_runtime" not in text and "grad_norm" not in text, text
+    assert "examples/s" not in text, text  # nor the datasets library's bars
+    bars = [ln for ln in text.splitlines() if ln.startswith("distill ")]
+    assert len(bars) == 1, text  # one bar (its final state), no other line of its own
+    found = re.search(r"4/4 loss (\d+\.\d{4}) [\d,]+ tokens/s \d+:\d\d:\d\d", bars[0])
+    assert found, bars[0]
+    final = json.loads((tmp_path / "student" / "refine_distill.json").read_text())
+    last = [h["loss"] for h in final["log_history"] if "loss" in h][-1]
+    assert float(found.group(1)) == pytest.approx(last, abs=1e-4)  # the last step's loss, not the one before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import typer
 
 from refine.cli._config import configurable
@@ -113,21 +115,36 @@ def register(app: typer.Typer) -> None:
 
 
 def _train_with_progress(console, data, cfg, distill):  # type: ignore[no-untyped-def]
+    import datasets
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    datasets.disable_progress_bars()  # TRL's dataset preparation bars ("Truncating train dataset") would cut in
 
     with Progress(
         TextColumn("[bold]distill"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} tokens/s"),
         TimeRemainingColumn(),
         console=console,
         transient=False,
     ) as bar:
-        task = bar.add_task("train", total=None, loss="-")
+        task = bar.add_task("train", total=None, loss="-", speed="-")
+        first: list[float] = []  # (time, tokens) at the first step: model loading is not training time
 
         def progress(step: int, total: int, logs: dict[str, float]) -> None:
             loss = logs.get("loss")
-            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}" if loss is not None else "-")
+            now, seen = time.perf_counter(), float(logs.get("tokens_seen") or 0)
+            if not first:
+                first.extend((now, seen))
+            wall, tokens = now - first[0], seen - first[1]
+            bar.update(
+                task,
+                completed=step,
+                total=total,
+                loss=f"{loss:.4f}" if loss is not None else "-",
+                speed=f"{tokens / wall:,.0f}" if tokens > 0 and wall > 0 else "-",
+            )
 
         return distill(data, cfg, progress=progress)

@@ -147,6 +147,8 @@ def sft_config_kwargs(cfg: DistillConfig, *, cuda: bool, bf16: bool, padding_fre
         "bf16": bf16,
         "fp16": False,
         "disable_tqdm": True,
+        # the progress display's tokens/s: the trainer counts the tokens (not padding) of every batch it trains on
+        "include_num_input_tokens_seen": "non_padding",
         "padding_free": padding_free,
         "packing": False,
         # rows are tokenized and truncated by us; padding-free without packing requires max_length=None
@@ -225,18 +227,21 @@ def load_base(base: str, *, bf16: bool, padding_free: bool) -> tuple[Any, Any]:
 
 
 def _progress_callback(fn: ProgressFn) -> Any:
-    """A transformers `TrainerCallback` that reports ``fn(step, total, last_logs)`` after each optimizer step."""
+    """A transformers `TrainerCallback` that reports ``fn(step, total, last_logs)`` after each optimizer step; the
+    logs carry ``tokens_seen`` (non-padding input tokens trained on so far) once the trainer counts them."""
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
         last: dict[str, float] = {}  # noqa: RUF012 - replaced per instance on the first log
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs:
+            if logs and "loss" in logs:  # a step's log comes after its on_step_end: report its loss now
                 self.last = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+                self.on_step_end(args, state, control)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            fn(state.global_step, state.max_steps, self.last)
+            seen = getattr(state, "num_input_tokens_seen", 0) or 0
+            fn(state.global_step, state.max_steps, {**self.last, "tokens_seen": seen} if seen else self.last)
 
     return _Progress()
 
@@ -310,7 +315,7 @@ def make_trainer(
         )
     callbacks = [_progress_callback(progress)] if progress else None
     trainer_cls = SFTTrainer if cfg.token_metrics else _lean_trainer_class()
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
@@ -318,6 +323,12 @@ def make_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if progress is not None:
+        from transformers.trainer_callback import PrinterCallback
+
+        # With disable_tqdm the trainer prints every log as a raw dict, which would break into the caller's display.
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _save(trainer: Any, tokenizer: Any, cfg: DistillConfig, base: str) -> None:
