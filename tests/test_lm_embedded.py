@@ -84,3 +84,17 @@ def test_local_folder_serves_the_saved_checkpoint():
         answer = dspy.Predict("question -> is_fruit: bool")(question="Is an apple a fruit?").is_fruit
     assert isinstance(answer, bool)
     assert lm.history[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_the_gguf_conversion_bar_is_silenced_with_the_other_transformers_bars(capsys, monkeypatch):
+    # Regression (#17 item 7): "Converting and de-quantizing GGUF tensors..." (tqdm.auto, which ignores transformers'
+    # disable_progress_bar) leaked into the first embedded run of every cache root.
+    monkeypatch.delenv("REFINE_HF_PROGRESS", raising=False)
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from refine.lm.embedded import quiet_transformers
+
+    monkeypatch.setattr(gguf_utils, "tqdm", gguf_utils.tqdm)  # restored after the test
+    quiet_transformers()
+    assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+    assert "Converting" not in capsys.readouterr().err

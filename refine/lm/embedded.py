@@ -90,6 +90,12 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    try:  # the GGUF conversion bar comes from tqdm.auto itself, which ignores the switch above: use transformers' own
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_utils.tqdm = transformers.utils.logging.tqdm
+    except ImportError:  # pragma: no cover - a transformers without GGUF support
+        pass
 
 
 def _convert(gguf: Path, out_dir: Path) -> None:
