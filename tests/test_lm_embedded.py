@@ -91,10 +91,16 @@ def test_the_gguf_conversion_bar_is_silenced_with_the_other_transformers_bars(ca
     # disable_progress_bar) leaked into the first embedded run of every cache root.
     monkeypatch.delenv("REFINE_HF_PROGRESS", raising=False)
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
 
     from refine.lm.embedded import quiet_transformers
 
     monkeypatch.setattr(gguf_utils, "tqdm", gguf_utils.tqdm)  # restored after the test
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
     quiet_transformers()
     assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
     assert "Converting" not in capsys.readouterr().err
+    assert not hf_logging.is_progress_bar_enabled()  # and "Loading weights" with the other transformers bars
+    if was_enabled:  # as it was, for the tests after this one
+        hf_logging.enable_progress_bar()
