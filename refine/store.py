@@ -47,13 +47,8 @@ __all__ = [
 ]
 
 _VERSIONED = ("dspy-refine", "dspy", "litellm", "transformers", "torch", "trl", "peft", "datasets", "llguidance")
-# Which config keys a resume may change is the caller's knowledge (its options): `RunStore(resume_ignores=...)`.
-# Callers that pass none get these, the run settings of `refine synth` (SynthConfig) and the keys older manifests
-# hold; removed when #18's synthesis branch passes its own.
-_DEFAULT_RESUME_IGNORES = (
-    *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
-    *("timeout", "item_timeout", "retries", "keep_failed", "trust_program"),
-)
+# Which config keys a resume may change is the caller's knowledge (its options): `RunStore(resume_ignores=...)`,
+# e.g. SynthConfig.RESUME_IGNORES and EvalConfig.RESUME_IGNORES. By default every key must match.
 
 MAX_FIELD_CHARS = 200_000
 """Longest string a record field may hold; longer ones are cut and listed in the record's `truncated` field."""
@@ -174,7 +169,7 @@ class RunStore:
                 ) from None
         if exists:
             manifest = self.manifest
-            ignored = _DEFAULT_RESUME_IGNORES if resume_ignores is None else tuple(resume_ignores)
+            ignored = tuple(resume_ignores or ())
             old = {k: v for k, v in manifest.get("config", {}).items() if k not in ignored}
             new = {k: v for k, v in config.items() if k not in ignored}
             if config and old != new:

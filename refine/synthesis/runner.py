@@ -29,7 +29,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,13 @@ class SynthConfig(BaseModel):
     """Settings of a synthesis run; one class for the Python API and `refine synth`. Stored in the manifest."""
 
     model_config = ConfigDict(extra="forbid")
+
+    #: Keys a resumed run may change: how hard to try, not what is made (`RunStore(resume_ignores=...)`); the first
+    #: line also holds the run settings older manifests stored.
+    RESUME_IGNORES: ClassVar[tuple[str, ...]] = (
+        *("resume", "out", "progress", "workers", "num_threads", "executor", "ray_address"),
+        *("timeout", "item_timeout", "retries", "keep_failed", "trust_program"),
+    )
 
     personas: str = Field("builtin", description="'builtin' or a JSONL/CSV/text file of personas.")
     n: int = Field(4, ge=1, description="Number of items (persona, seed) to synthesize.")
@@ -375,7 +382,9 @@ def run_synth(
 
     if "personas_sha256" in run_config:
         _check_personas_unchanged(Path(out), run_config["personas_sha256"], config.personas, resume, run_config)
-    with RunStore(out, config=run_config, resume=resume, program_hash=phash) as store:
+    with RunStore(
+        out, config=run_config, resume=resume, program_hash=phash, resume_ignores=SynthConfig.RESUME_IGNORES
+    ) as store:
         store.update_manifest(items=len(items), lm_model=str(getattr(the_lm, "model", config.lm)))
         kept = 0
         if resume and config.keep_failed:  # items that failed on transport stay pending, untouched
