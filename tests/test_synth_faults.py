@@ -188,3 +188,38 @@ class TestKeysAndPersonas:
         lone.write_text('{"persona": "a baker"}\n{"persona": "bad \\ud800 escape"}\n')
         with pytest.raises(ConfigError, match=r"lone\.jsonl, line 2: the persona holds a lone surrogate"):
             load_personas(lone)
+
+
+_POOL_PROBE = r"""
+import json, sys
+import refine.executor
+
+def first_worker_sees(items, work, **kw):  # stands in for the pool: what its threads would find in sys.modules
+    mod = sys.modules.get("litellm")
+    print(json.dumps({"ready_at_pool": mod is not None and hasattr(mod, "completion")}), flush=True)
+    raise SystemExit(0)
+
+refine.executor.run_items = first_worker_sees
+from refine.synth import SynthConfig, run_synth
+mod = sys.modules.get("litellm")
+print(json.dumps({"ready_at_start": mod is not None and hasattr(mod, "completion")}), flush=True)
+run_synth(SynthConfig(n=1, lm="openai/fake-warmup", workers=8), sys.argv[1])
+"""
+
+
+def test_the_lm_client_is_imported_before_the_worker_pool_starts(tmp_path):
+    """#16 item 5: 8 threads making a fresh process's first calls at once saw a half-imported `litellm` ("partially
+    initialized module 'litellm' has no attribute 'completion'") and turned accepted items into rejections. The
+    client is imported in the driver before the pool starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENAI_API_KEY": "sk-local-test", "OPENAI_API_BASE": "http://127.0.0.1:9/v1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _POOL_PROBE, str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    # The premise: importing the project does not import litellm, so without the warm-up the pool would race on it.
+    assert seen == [{"ready_at_start": False}, {"ready_at_pool": True}], proc.stdout
