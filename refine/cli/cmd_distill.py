@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
         ),
         compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU, ~1.5 min start)."),
         no_checkpointing: bool = typer.Option(
-            False, "--no-checkpointing", help="Keep activations (faster, more memory)."
+            False,
+            "--no-checkpointing",
+            help="Keep activations (faster, more memory); default: auto (on with CUDA; on CPU if they would not fit).",
         ),
         seed: int = typer.Option(0, "--seed"),
         show: int = typer.Option(

@@ -81,7 +81,7 @@ def build_config(
         padding_free=PADDING_FREE[padding_free],  # type: ignore[arg-type]
         torch_compile=compile_model,
         packing=packing,
-        gradient_checkpointing=not no_checkpointing,
+        gradient_checkpointing=False if no_checkpointing else "auto",
         seed=seed,
     )
 
@@ -119,7 +119,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--padding-free", default="auto", help="auto (on with CUDA) | on | off.")
     p.add_argument("--packing", action="store_true", help="Pack trajectories into --max-length rows.")
     p.add_argument("--compile", dest="compile_model", action="store_true", help="torch.compile the model.")
-    p.add_argument("--no-checkpointing", action="store_true", help="Keep activations (faster, more memory).")
+    p.add_argument(
+        "--no-checkpointing",
+        action="store_true",
+        help="Keep activations (faster, more memory); default: auto (on with CUDA; on CPU if they would not fit).",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
