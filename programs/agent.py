@@ -196,10 +196,21 @@ class ChatAgent:
 
 
 class _ProgramSession:
-    def __init__(self, agent: ProgramAgent, task: str, environment: str, actions: Sequence[str]) -> None:
+    def __init__(
+        self, agent: ProgramAgent, task: str, environment: str, actions: Sequence[str], seed: int | None = None
+    ) -> None:
         self.agent = agent
         self.inputs = {"environment": environment, "goal": task, "actions": "\n".join(f"- {a}" for a in actions)}
         self.history: list[str] = []
+        self.seed = seed
+
+    def _call_config(self) -> dict[str, Any]:
+        """As `_ChatSession._call_options`: a sampling predictor's calls carry the episode seed as `rollout_id`."""
+        lm = self.agent.act.lm or dspy.settings.lm
+        sampling = float((getattr(lm, "kwargs", None) or {}).get("temperature") or 0.0) > 0
+        if self.seed is None or not sampling or not isinstance(lm, dspy.LM):
+            return {}
+        return {"rollout_id": self.seed}
 
     def act(self, observation: str) -> AgentAction:
         from dspy.utils.usage_tracker import UsageTracker
@@ -210,7 +221,7 @@ class _ProgramSession:
         tracker = UsageTracker()
         try:
             with dspy.context(usage_tracker=tracker, trace=[]):
-                pred = self.agent(**self.inputs, history="\n".join(history))
+                pred = self.agent(**self.inputs, history="\n".join(history), config=self._call_config())
         except Exception as exc:  # adapter parse errors and LM failures are recorded, not raised
             raise_if_auth_failure(exc, self.agent.act.lm or dspy.settings.lm)  # ...except a refused key: the run ends
             self.history.append("Action: (none)")
@@ -253,8 +264,12 @@ class ProgramAgent(dspy.Module):
         lm = self.act.lm or dspy.settings.lm
         return str(getattr(lm, "model", "") or "")
 
-    def forward(self, environment: str, goal: str, actions: str, history: str) -> dspy.Prediction:
+    def forward(
+        self, environment: str, goal: str, actions: str, history: str, config: dict[str, Any] | None = None
+    ) -> dspy.Prediction:
+        """One step: the predictor over the episode so far; `config` is passed to it (per-call LM settings)."""
         adapter = self.adapter
+        extra = {"config": config} if config else {}
         if adapter is None:
             lm = self.act.lm or dspy.settings.lm
             if lm is not None:
@@ -262,12 +277,13 @@ class ProgramAgent(dspy.Module):
 
                 adapter = default_adapter(lm)
         if adapter is None:
-            return self.act(environment=environment, goal=goal, actions=actions, history=history)
+            return self.act(environment=environment, goal=goal, actions=actions, history=history, **extra)
         with dspy.context(adapter=adapter):
-            return self.act(environment=environment, goal=goal, actions=actions, history=history)
+            return self.act(environment=environment, goal=goal, actions=actions, history=history, **extra)
 
-    def start(self, task: str, environment: str, actions: Sequence[str]) -> _ProgramSession:
-        return _ProgramSession(self, task, environment, actions)
+    def start(self, task: str, environment: str, actions: Sequence[str], seed: int | None = None) -> _ProgramSession:
+        """Open an episode; `seed` (the episode's) keeps the samples of episodes apart when the LM samples."""
+        return _ProgramSession(self, task, environment, actions, seed)
 
 
 def resolve_agent(spec: str, lm: str | None = None, **lm_kwargs: Any) -> ChatAgent | ProgramAgent | Any:

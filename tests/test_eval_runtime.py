@@ -20,7 +20,7 @@ import pytest
 
 from refine.envs.base import ToyEnv
 from refine.eval import EvalConfig, evaluate
-from refine.programs.agent import AgentAction, ChatAgent
+from refine.programs.agent import AgentAction, ChatAgent, ProgramAgent
 from refine.testing import ScriptedLM
 from tests.fault_server import FaultServer
 
@@ -219,6 +219,21 @@ def test_sampling_episodes_of_a_deterministic_env_get_their_own_answers_not_one_
         again.model = lm.model  # the same cache entries: a replayed episode gets its own answers back
         evaluate(ChatAgent(again, max_turns=None), cfg, tmp_path / "again", env_factory=toy_factory)
         assert again.calls == 0
+
+
+@pytest.mark.parametrize(("temperature", "calls"), [(0.7, 6), (0.0, 3)])
+def test_a_sampling_program_agent_draws_per_episode_too(tmp_path, temperature, calls):
+    # As above, for the DSPy-program agent (its predictor's calls carry the episode seed as rollout_id).
+    lm = ScriptedLM(
+        lambda f, i, m: {"thought": "look around", "action": "look"},
+        model=f"fake/{uuid.uuid4().hex[:8]}",
+        cache=True,
+        temperature=temperature,
+    )
+    cfg = EvalConfig(envs=["toy"], episodes=2, workers=1, max_steps=3)
+    res = evaluate(ProgramAgent(lm), cfg, tmp_path / "run", env_factory=toy_factory)
+    assert len(res.records) == 2 and lm.calls == calls
+    assert all(step["action"] == "look" for r in res.records for step in r["trajectory"])
 
 
 # --------------------------------------------------------------------------------------- deadlines and servers
