@@ -76,6 +76,26 @@ def test_a_refused_key_is_a_run_failure_not_transient(status, detail):
     assert auth_failure(ConnectionError("refused"), lm) is None
 
 
+def test_a_refused_key_from_api_key_env_names_that_variable(monkeypatch):
+    from refine.lm import get_lm
+    from refine.lm.failures import KEY_ENV_VAR
+
+    monkeypatch.delenv(KEY_ENV_VAR, raising=False)
+    monkeypatch.setenv("MY_PROXY_KEY", "sk-local-test")
+    with FaultServer(fault_rate=1.0, faults=("401",)) as server:
+        lm = get_lm(f"openai/fake-{uuid.uuid4().hex[:8]}", api_base=server.url, api_key_env="MY_PROXY_KEY")
+        with pytest.raises(Exception) as caught:
+            lm("hi")
+    message = str(auth_failure(caught.value, lm))
+    assert (
+        "): set the right key in MY_PROXY_KEY (the variable --api-key-env names), then rerun with --resume" in message
+    )
+    assert "OPENAI_API_KEY" not in message and "sk-local-test" not in message
+    # Commands that pass the key on as OPENAI_API_KEY (optimize, quickstart) note the name in the environment.
+    monkeypatch.setenv(KEY_ENV_VAR, "TEAM_KEY")
+    assert "set the right key in TEAM_KEY (the variable" in str(auth_failure(caught.value, _lm(server)))
+
+
 def test_synth_stops_at_a_refused_key_and_keeps_what_it_made(tmp_path):
     run = tmp_path / "run"
     with FaultServer(fault_rate=1.0, faults=("401",), faults_after=30) as server:  # the key is revoked mid-run

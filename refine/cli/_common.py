@@ -38,6 +38,9 @@ def export_lm_env(api_base: str | None, api_key_env: str | None) -> None:
         if not os.environ.get(api_key_env):
             raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set.")
         os.environ["OPENAI_API_KEY"] = os.environ[api_key_env]
+        from refine.lm.failures import KEY_ENV_VAR
+
+        os.environ[KEY_ENV_VAR] = api_key_env  # a refused key then names the variable the user set
 
 
 def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_env: str | None) -> str | None:

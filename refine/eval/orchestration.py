@@ -294,7 +294,7 @@ def _evaluate(
         summary["run"]["failure"] = failure
     if store is not None:
         _write_json(store.path / "summary.json", summary)
-        brief = {k: summary[k] for k in ("overall", "held_in", "held_out") if k in summary}
+        brief: dict[str, Any] = {k: summary[k] for k in ("overall", "held_in", "held_out") if k in summary}
         brief["retried_calls"] = summary["run"]["retried_calls"]
         if failure:
             store.update_manifest(status="failed", failure=failure, summary=brief)

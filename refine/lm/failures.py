@@ -11,14 +11,18 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 from refine.errors import LMAuthError
 
-__all__ = ["AUTH_STATUSES", "auth_failure", "raise_if_auth_failure"]
+__all__ = ["AUTH_STATUSES", "KEY_ENV_VAR", "auth_failure", "raise_if_auth_failure"]
 
 AUTH_STATUSES = (401, 403)
+#: Where commands that hand `--api-key-env NAME` on as OPENAI_API_KEY (optimize, quickstart) note NAME, so a refused
+#: key is blamed on the variable the user set. An LM built with `api_key_env=` carries it as `lm.api_key_env`.
+KEY_ENV_VAR = "REFINE_API_KEY_ENV"
 # DSPy's, LiteLLM's and the OpenAI client's names for a refused key (PermissionDenied is HTTP 403).
 _AUTH_NAMES = frozenset({"AuthenticationError", "LMAuthError", "PermissionDeniedError"})
 
@@ -54,9 +58,16 @@ def auth_failure(exc: BaseException, lm: Any = None) -> LMAuthError | None:
     detail = re.sub(r"^(\[[^\]]*\]\s*|(litellm\.)?\w+Error:\s*|\w+Exception - )+", "", detail)
     detail = scrub_secrets(detail)[:200]
     code = f"HTTP {status}" if status else type(exc).__name__
+    # The variable the key came from, when the user named one (--api-key-env / api_key_env=): fix that one.
+    key_env = getattr(lm, "api_key_env", None) or os.environ.get(KEY_ENV_VAR)
+    fix = (
+        f"set the right key in {key_env} (the variable --api-key-env names)"
+        if key_env
+        else f"set the right key in {provider.upper()}_API_KEY (or pass --api-key-env NAME for the variable that "
+        "holds it)"
+    )
     return LMAuthError(
-        f"The LM server{where} refused the API key of {model} ({code}: {detail}): set the right key in "
-        f"{provider.upper()}_API_KEY (or pass --api-key-env NAME for the variable that holds it), then rerun with "
+        f"The LM server{where} refused the API key of {model} ({code}: {detail}): {fix}, then rerun with "
         "--resume; the items already made are kept."
     )
 

@@ -92,7 +92,10 @@ def get_lm(model: str = EMBEDDED, **lm_kwargs: Any) -> dspy.LM:
             extra = dict(lm_kwargs.get("extra_body") or {})
             extra.setdefault("max_tokens", lm_kwargs["max_tokens"])
             lm_kwargs["extra_body"] = extra
-        return dspy.LM(model, **lm_kwargs)
+        lm = dspy.LM(model, **lm_kwargs)
+        if key_env:
+            lm.api_key_env = key_env  # its name (never the key) for the message of a refused key
+        return lm
     if key_env:
         raise ConfigError(f"api_key_env= is for remote LMs; {model!r} runs in-process. Drop --api-key-env.")
     from refine.lm.engine import AsyncLocalEngine, LocalEngine
