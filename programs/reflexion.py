@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import dspy
@@ -23,7 +24,7 @@ from refine.graph import ProgramGraph
 from refine.imports import import_object
 from refine.signatures.reflect import ReflectOnTrial, ReflexionAct
 
-__all__ = ["ENVS", "build_graph", "resolve_env_factory"]
+__all__ = ["ENVS", "FailedWithTrialsLeft", "build_graph", "remember", "reset", "resolve_env_factory", "step"]
 
 EnvFactory = Callable[[], TextEnv]
 
@@ -47,6 +48,70 @@ def _entry(action: str | None, observation: str) -> str:
     return f"> {action if action is not None else '(no valid action)'}\n{observation}\n"
 
 
+OUTPUTS = ("success", "progress", "trial", "steps", "observation", "history", "reflections")
+TRIAL_STATE = ("env_handle", "instruction", "available_actions", "observation", "history", "done", "success",
+               "progress", "steps")  # fmt: skip
+STEP_OUTPUTS = ("observation", "history", "done", "success", "progress", "steps")
+RESET = "Start a trial in a fresh environment."
+STEP = "Apply the action in the environment."
+REMEMBER = "Keep the reflection across trials."
+
+
+def reset(task: str, seed: int | None, trial: int, *, make_env: EnvFactory) -> dict[str, Any]:
+    """Node: start a trial in a fresh environment from `make_env`, with an empty history."""
+    handle = make_env()
+    first = handle.reset(task=task or None, seed=seed)
+    return {
+        "env_handle": handle,
+        "instruction": first.instruction,
+        "available_actions": list(first.available_actions),
+        "observation": first.observation,
+        "history": "",
+        "done": False,
+        "success": False,
+        "progress": 0.0,
+        "steps": 0,
+    }
+
+
+def step(
+    env_handle: TextEnv, action: str | None, history: str, steps: int, progress: float, *, max_steps: int
+) -> dict[str, Any]:
+    """Node: apply the action in the environment and log it; the trial is done at the env's end or `max_steps`."""
+    # A malformed actor output (action None, recorded in state["error"]) costs a step instead of crashing the run.
+    if action is None or not str(action).strip():
+        obs, done, success = "No valid action was given. Answer with one available action.", False, False
+    else:
+        res = env_handle.step(str(action).strip())
+        obs, done, success, progress = res.observation, res.done, res.success, float(res.progress)
+    steps += 1
+    return {
+        "observation": obs,
+        "history": history + _entry(action, obs),
+        "done": bool(done) or steps >= max_steps,
+        "success": bool(success),
+        "progress": progress,
+        "steps": steps,
+    }
+
+
+def remember(reflection: str | None, reflections: list[str], trial: int) -> dict[str, Any]:
+    """Node: keep the reflection (if any) in the memory the next trial's actor reads, and count the trial."""
+    memory = [*reflections, reflection] if reflection else list(reflections)
+    return {"reflections": memory, "trial": trial + 1}
+
+
+class FailedWithTrialsLeft:
+    """Edge condition: the trial is over, it failed, and another trial is allowed (`trial + 1 < max_trials`)."""
+
+    def __init__(self, max_trials: int) -> None:
+        self.max_trials = max_trials
+        self.__name__ = "failed_with_trials_left"  # the edge's label in `describe()` and the Mermaid chart
+
+    def __call__(self, state: Mapping[str, Any]) -> bool:
+        return bool(state.get("done")) and not state.get("success") and state.get("trial", 0) + 1 < self.max_trials
+
+
 def build_graph(
     *,
     env: str | EnvFactory = "toy",
@@ -55,7 +120,8 @@ def build_graph(
     chain_of_thought: bool = False,
     name: str = "reflexion",
 ) -> ProgramGraph:
-    """Build the Reflexion graph.
+    """Build the Reflexion graph: reset -> act -> step, acting until the trial is done; a failed trial with trials
+    left goes reflect -> remember -> reset.
 
     Args:
         env: environment name ('toy'), 'package.module:factory', or a zero-argument callable returning a `TextEnv`.
@@ -72,91 +138,17 @@ def build_graph(
         raise ConfigError(f"reflexion: max_trials and max_steps must be >= 1, got {max_trials} and {max_steps}.")
     make_env = resolve_env_factory(env, max_steps)
     make = dspy.ChainOfThought if chain_of_thought else dspy.Predict
-
-    def reset(task: str, seed: int | None, trial: int) -> dict[str, Any]:
-        handle = make_env()
-        first = handle.reset(task=task or None, seed=seed)
-        return {
-            "env_handle": handle,
-            "instruction": first.instruction,
-            "available_actions": list(first.available_actions),
-            "observation": first.observation,
-            "history": "",
-            "done": False,
-            "success": False,
-            "progress": 0.0,
-            "steps": 0,
-        }
-
-    def step(env_handle: TextEnv, action: str | None, history: str, steps: int, progress: float) -> dict[str, Any]:
-        # A malformed actor output (action None, recorded in state["error"]) costs a step instead of crashing the run.
-        if action is None or not str(action).strip():
-            obs, done, success = "No valid action was given. Answer with one available action.", False, False
-        else:
-            res = env_handle.step(str(action).strip())
-            obs, done, success, progress = res.observation, res.done, res.success, float(res.progress)
-        steps += 1
-        return {
-            "observation": obs,
-            "history": history + _entry(action, obs),
-            "done": bool(done) or steps >= max_steps,
-            "success": bool(success),
-            "progress": progress,
-            "steps": steps,
-        }
-
-    graph = ProgramGraph(
-        name,
-        inputs=["task"],
-        outputs=["success", "progress", "trial", "steps", "observation", "history", "reflections"],
-        defaults={"seed": None, "trial": 0, "reflections": []},
-    )
-    graph.add_node(
-        "reset",
-        reset,
-        inputs=["task", "seed", "trial"],
-        outputs=[
-            "env_handle",
-            "instruction",
-            "available_actions",
-            "observation",
-            "history",
-            "done",
-            "success",
-            "progress",
-            "steps",
-        ],
-        description="Start a trial in a fresh environment.",
-    )
-    graph.add_node("act", make(ReflexionAct), catch_errors=True, description="Choose the next action.")
-    graph.add_node(
-        "step",
-        step,
-        inputs=["env_handle", "action", "history", "steps", "progress"],
-        outputs=["observation", "history", "done", "success", "progress", "steps"],
-        description="Apply the action in the environment.",
-    )
-    graph.add_edge("reset", "act")
-    graph.add_edge("act", "step")
-    graph.add_edge("step", "act", condition="not done", max_iters=max_steps * max_trials)
+    g = ProgramGraph(name, inputs=["task"], outputs=OUTPUTS, defaults={"seed": None, "trial": 0, "reflections": []})
+    g.add_node("reset", partial(reset, make_env=make_env), outputs=TRIAL_STATE, description=RESET)
+    g.add_node("act", make(ReflexionAct), catch_errors=True, description="Choose the next action.")
+    g.add_node("step", partial(step, max_steps=max_steps), outputs=STEP_OUTPUTS, description=STEP)
+    g.add_edge("reset", "act")
+    g.add_edge("act", "step")
+    g.add_edge("step", "act", condition="not done", max_iters=max_steps * max_trials)
     if max_trials > 1:
-
-        def failed_with_trials_left(state: dict[str, Any]) -> bool:
-            return bool(state.get("done")) and not state.get("success") and state.get("trial", 0) + 1 < max_trials
-
-        def remember(reflection: str | None, reflections: list[str], trial: int) -> dict[str, Any]:
-            memory = [*reflections, reflection] if reflection else list(reflections)
-            return {"reflections": memory, "trial": trial + 1}
-
-        graph.add_node("reflect", make(ReflectOnTrial), catch_errors=True, description="Learn from the failure.")
-        graph.add_node(
-            "remember",
-            remember,
-            inputs=["reflection", "reflections", "trial"],
-            outputs=["reflections", "trial"],
-            description="Keep the reflection across trials.",
-        )
-        graph.add_edge("step", "reflect", condition=failed_with_trials_left)
-        graph.add_edge("reflect", "remember")
-        graph.add_edge("remember", "reset", max_iters=max_trials - 1)
-    return graph
+        g.add_node("reflect", make(ReflectOnTrial), catch_errors=True, description="Learn from the failure.")
+        g.add_node("remember", remember, outputs=["reflections", "trial"], description=REMEMBER)
+        g.add_edge("step", "reflect", condition=FailedWithTrialsLeft(max_trials))
+        g.add_edge("reflect", "remember")
+        g.add_edge("remember", "reset", max_iters=max_trials - 1)
+    return g

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import dspy
@@ -23,7 +24,7 @@ from refine.graph import ProgramGraph
 from refine.imports import import_object
 from refine.signatures.self_refine import DraftOutput, RefineOutput, SelfFeedback
 
-__all__ = ["StopRule", "build_graph", "stop_when_satisfied"]
+__all__ = ["StopRule", "build_graph", "check", "critique", "stop_when_satisfied"]
 
 # A stop rule sees {"task", "output", "feedback", "is_satisfactory", "rounds"} and returns True to stop refining.
 StopRule = Callable[[Mapping[str, Any]], bool]
@@ -44,6 +45,22 @@ def _load(spec: Any, what: str) -> Any:
     raise ConfigError(f"{what} must be a callable or 'package.module:function', got {spec!r}.")
 
 
+def critique(task: str, output: str, *, critic: Critic) -> dict[str, Any]:
+    """Node: the external critic's verdict on the output, in place of the LM self-feedback."""
+    feedback, ok = critic(task, output)
+    return {"feedback": str(feedback), "is_satisfactory": bool(ok)}
+
+
+def check(
+    task: str, output: str, feedback: str, is_satisfactory: bool, rounds: int, *, rule: StopRule, max_rounds: int
+) -> dict[str, Any]:
+    """Node: stop when the stop rule holds, after `max_rounds` refinements, or without an output; else count a
+    round and refine again."""
+    state = {"task": task, "output": output, "feedback": feedback, "is_satisfactory": is_satisfactory, "rounds": rounds}
+    stop = bool(rule(state)) or rounds >= max_rounds or output is None
+    return {"stop": stop, "rounds": rounds if stop else rounds + 1}
+
+
 def build_graph(
     *,
     max_rounds: int = 3,
@@ -52,7 +69,7 @@ def build_graph(
     chain_of_thought: bool = False,
     name: str = "self_refine",
 ) -> ProgramGraph:
-    """Build the Self-Refine graph.
+    """Build the Self-Refine graph: draft -> critique -> check, then refine -> critique until the check stops.
 
     Args:
         max_rounds: most refinement rounds after the first draft (the loop's bound).
@@ -71,51 +88,19 @@ def build_graph(
     rule: StopRule = _load(stop_rule, "stop_rule") or stop_when_satisfied
     critic_fn: Critic | None = _load(critic, "critic")
     make = dspy.ChainOfThought if chain_of_thought else dspy.Predict
-
-    graph = ProgramGraph(
-        name,
-        inputs=["task"],
-        outputs=["output", "feedback", "is_satisfactory", "rounds"],
-        defaults={"rounds": 0},
-    )
-    graph.add_node("draft", make(DraftOutput), description="First attempt at the task.")
+    outputs = ["output", "feedback", "is_satisfactory", "rounds"]
+    g = ProgramGraph(name, inputs=["task"], outputs=outputs, defaults={"rounds": 0})
+    g.add_node("draft", make(DraftOutput), description="First attempt at the task.")
     if critic_fn is None:
-        graph.add_node("critique", make(SelfFeedback), description="The model criticises its own output.")
+        g.add_node("critique", make(SelfFeedback), description="The model criticises its own output.")
     else:
-
-        def critique(task: str, output: str) -> dict[str, Any]:
-            feedback, ok = critic_fn(task, output)
-            return {"feedback": str(feedback), "is_satisfactory": bool(ok)}
-
-        graph.add_node(
-            "critique",
-            critique,
-            inputs=["task", "output"],
-            outputs=["feedback", "is_satisfactory"],
-            description="External critic.",
-        )
-
-    def check(task: str, output: str, feedback: str, is_satisfactory: bool, rounds: int) -> dict[str, Any]:
-        state = {
-            "task": task,
-            "output": output,
-            "feedback": feedback,
-            "is_satisfactory": is_satisfactory,
-            "rounds": rounds,
-        }
-        stop = bool(rule(state)) or rounds >= max_rounds or output is None
-        return {"stop": stop, "rounds": rounds if stop else rounds + 1}
-
-    graph.add_node(
-        "check",
-        check,
-        inputs=["task", "output", "feedback", "is_satisfactory", "rounds"],
-        outputs=["stop", "rounds"],
-        description="Stop rule.",
-    )
-    graph.add_node("refine", make(RefineOutput), description="Rewrite the output from the feedback.")
-    graph.add_edge("draft", "critique")
-    graph.add_edge("critique", "check")
-    graph.add_edge("check", "refine", condition="not stop")
-    graph.add_edge("refine", "critique", mapping={"output": "refined_output"}, max_iters=max_rounds)
-    return graph
+        external = partial(critique, critic=critic_fn)
+        g.add_node("critique", external, outputs=["feedback", "is_satisfactory"], description="External critic.")
+    stop = partial(check, rule=rule, max_rounds=max_rounds)
+    g.add_node("check", stop, outputs=["stop", "rounds"], description="Stop rule.")
+    g.add_node("refine", make(RefineOutput), description="Rewrite the output from the feedback.")
+    g.add_edge("draft", "critique")
+    g.add_edge("critique", "check")
+    g.add_edge("check", "refine", condition="not stop")
+    g.add_edge("refine", "critique", mapping={"output": "refined_output"}, max_iters=max_rounds)
+    return g

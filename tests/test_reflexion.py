@@ -86,3 +86,24 @@ def test_gepa_teaches_the_actor():
     assert (res.score_before, res.score_after) == (0.0, 1.0)
     act = next(c for c in res.changes if c.name == "nodes['act']")
     assert MAGIC in act.new_instructions
+
+
+def test_wiring_is_the_reflexion_loop():
+    # Pins the graph the node functions are wired into (#18 item 5): the callable edge condition keeps its label.
+    described = build_graph(max_trials=3, max_steps=4).describe()
+    assert [(n["name"], n["kind"], n["inputs"]) for n in described["nodes"]] == [
+        ("reset", "function", ["task", "seed", "trial"]),
+        ("act", "module", ["instruction", "available_actions", "reflections", "history", "observation"]),
+        ("step", "function", ["env_handle", "action", "history", "steps", "progress"]),
+        ("reflect", "module", ["instruction", "history", "reflections"]),
+        ("remember", "function", ["reflection", "reflections", "trial"]),
+    ]
+    assert [(e["src"], e["dst"], e["condition"], e["max_iters"]) for e in described["edges"]] == [
+        ("reset", "act", "", None),
+        ("act", "step", "", None),
+        ("step", "act", "not done", 12),
+        ("step", "reflect", "failed_with_trials_left", None),
+        ("reflect", "remember", "", None),
+        ("remember", "reset", "", 2),
+    ]
+    assert "|failed_with_trials_left|" in build_graph().to_mermaid()

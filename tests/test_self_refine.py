@@ -95,3 +95,21 @@ def never_stop(state):
 def length_critic(task, output):
     ok = len(output) >= 4
     return ("long enough" if ok else "too short"), ok
+
+
+def test_wiring_is_the_self_refine_loop():
+    # Pins the graph the node functions are wired into (#18 item 5), with the LM critic and with an external one.
+    for critic, critique_kind in ((None, "module"), (length_critic, "function")):
+        described = build_graph(max_rounds=2, critic=critic).describe()
+        assert [(n["name"], n["kind"], n["inputs"], n["outputs"]) for n in described["nodes"]] == [
+            ("draft", "module", ["task"], ["output"]),
+            ("critique", critique_kind, ["task", "output"], ["feedback", "is_satisfactory"]),
+            ("check", "function", ["task", "output", "feedback", "is_satisfactory", "rounds"], ["stop", "rounds"]),
+            ("refine", "module", ["task", "output", "feedback"], ["refined_output"]),
+        ]
+        assert [(e["src"], e["dst"], e["condition"], e["mapping"], e["max_iters"]) for e in described["edges"]] == [
+            ("draft", "critique", "", {}, None),
+            ("critique", "check", "", {}, None),
+            ("check", "refine", "not stop", {}, None),
+            ("refine", "critique", "", {"output": "refined_output"}, 2),
+        ]
