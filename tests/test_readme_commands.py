@@ -83,3 +83,16 @@ def test_a_drifted_command_is_caught():
     root, _ = _cli_with_recorders()
     with pytest.raises(Exception, match="No such option"):
         root.main(["synth", "--no-such-flag"], prog_name="refine", standalone_mode=False)
+
+
+def test_the_readme_states_the_quickstart_default_folder_the_cli_uses():
+    # #17: the README said `runs/qs` while `--help` said `runs/quickstart`; the CLI and the Python config share one.
+    import typer
+
+    from refine.cli.app import app
+    from refine.quickstart import QuickstartConfig
+
+    command = typer.main.get_command(app).commands["quickstart"]
+    cli_default = next(p.default for p in command.params if p.name == "out")
+    assert str(cli_default) == str(QuickstartConfig().out)
+    assert re.findall(r"`--out` \(default `([^`]+)`\)", README.read_text()) == [str(cli_default)]
