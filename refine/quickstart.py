@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "personas": 1,
         "env_episodes": 2,
         "distill_steps": 4,
-        "distill_batch": 2,
+        "distill_batch": 2,  # 4 steps = 2 epochs of the 4 trajectories: the loss falls (batch 1 never repeats one)
         "eval_episodes": 1,
         "eval_max_steps": 3,
         "synth_max_steps": 16,
@@ -200,8 +200,15 @@ def synthesize_env(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     return run_synth(env_synth_config(cfg), out, resume=out.exists())
 
 
-def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation: str = "masked") -> dict[str, Any]:
-    """Distill the accepted trajectories of `sources` into `out` (the paper's ablations via `ablation`)."""
+def distill_rows(
+    cfg: QuickstartConfig,
+    sources: list[Path],
+    out: Path,
+    ablation: str = "masked",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Distill the accepted trajectories of `sources` into `out` (the paper's ablations via `ablation`); `progress`
+    gets a line per optimizer step (step, loss) instead of the trainer's raw log dicts."""
     from refine.distill import DistillConfig, distill
     from refine.distill.provider import base_from_model_string
     from refine.distill.training_rows import load_rows
@@ -227,7 +234,12 @@ def distill_rows(cfg: QuickstartConfig, sources: list[Path], out: Path, ablation
         learning_rate=cfg.distill_lr or (1e-4 if not cfg.lora else 5e-4),
         seed=cfg.seed,  # the training order (and LoRA init) follow the run's seed, like its data
     )
-    result = distill(rows, dc, source=", ".join(str(s) for s in sources))
+    say = progress or (lambda line: log.debug("distill: %s", line))
+
+    def step_line(step: int, total: int, logs: Any) -> None:
+        say(f"step {step}/{total}" + (f"  loss {logs['loss']:.4f}" if "loss" in logs else ""))
+
+    result = distill(rows, dc, source=", ".join(str(s) for s in sources), progress=step_line)
     return {
         "rows": len(rows),
         "steps": result.steps,
@@ -450,7 +462,7 @@ def run_quickstart(config: QuickstartConfig, progress: Progress | None = None) -
     stage("synth_env", lambda: synthesize_env(config, env_dir), _done(env_dir))
     distilled = stage(
         "distill",
-        lambda: distill_rows(config, [synth_dir, env_dir], student_dir),
+        lambda: distill_rows(config, [synth_dir, env_dir], student_dir, progress=lambda line: say("distill", line)),
         (student_dir / "config.json").exists(),
     )
     models = {"base": config.student}

@@ -43,6 +43,9 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Distillation reports a line per step, not transformers' raw log dicts (#17 item 7).
+    assert "{'loss'" not in proc.stdout + proc.stderr and "'train_runtime'" not in proc.stdout + proc.stderr
+    assert f"distill: step {PRESETS['tiny']['distill_steps']}/{PRESETS['tiny']['distill_steps']}  loss " in proc.stdout
     summary = json.loads((out / "quickstart.json").read_text())
     # Every stage ran and left its run directory; the env expert produced verified training data.
     assert set(summary["seconds"]) >= {"synth", "synth_env", "distill", "eval_base", "report"}
