@@ -157,11 +157,12 @@ def _check_key(spec: str, provider: str, flag: str, api_base: str | None, api_ke
     )
 
 
-def _probe(spec: str, flag: str, options: dict[str, Any]) -> None:
+def _probe(spec: str, flag: str, options: dict[str, Any], timeout: float | None = None) -> None:
     from refine.lm.resolve import get_lm
 
     where = options.get("api_base") or os.environ.get("OPENAI_API_BASE") or "the provider"
-    lm = get_lm(spec, **{**options, "max_tokens": 16, "cache": False, "num_retries": 0, "timeout": 60})
+    settings = {"max_tokens": 16, "cache": False, "num_retries": 0, "timeout": timeout or 60}
+    lm = get_lm(spec, **{**options, **settings})
     try:
         lm(_PROBE_PROMPT)
     except Exception as exc:
@@ -188,12 +189,13 @@ def check_lm(
     api_base: str | None = None,
     api_key_env: str | None = None,
     probe: bool = True,
+    timeout: float | None = None,
 ) -> None:
     """Fail fast, with one line naming the fix, if the LM named by `spec` cannot be used.
 
     In-process models are checked without loading them (their files exist); remote models get the provider, model
-    name and key checks, then (with `probe`) one short uncached call. `REFINE_NO_PREFLIGHT=1` skips the model-name
-    check and the call (the provider and key checks stay).
+    name and key checks, then (with `probe`) one short uncached call that may take `timeout` seconds (default 60).
+    `REFINE_NO_PREFLIGHT=1` skips the model-name check and the call (the provider and key checks stay).
 
     Raises:
         ConfigError: the spec is malformed, unknown, a near-miss of a known name, or its key is missing.
@@ -225,7 +227,7 @@ def check_lm(
         _check_model_name(spec, model, provider, flag)
     _check_key(spec, provider, flag, api_base, api_key_env)
     if probe and checks:
-        _probe(spec, flag, lm_options(api_base, api_key_env))
+        _probe(spec, flag, lm_options(api_base, api_key_env), timeout)
 
 
 def check_name(value: str, choices: Sequence[str], what: str, flag: str, *, strict: bool = True) -> None:

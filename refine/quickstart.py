@@ -33,7 +33,9 @@ __all__ = [
     "env_items",
     "env_synth_config",
     "episode_records",
+    "eval_config",
     "evaluate_model",
+    "oneshot_synth_config",
     "render_effects",
     "run_quickstart",
     "synthesize_env",
@@ -121,6 +123,16 @@ class QuickstartConfig(BaseModel):
         "(PDDL: blocks only), e.g. {'babyai': {'tasks': ['GoToObj']}} to keep other levels unseen.",
     )
     distill_lr: float | None = Field(None, gt=0, description="Distillation learning rate (default 1e-4; LoRA 5e-4).")
+    timeout: float | None = Field(
+        60.0, gt=0, description="Seconds one call to a remote LM may take (in-process models: unused)."
+    )
+    item_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds one synthesis item or evaluation episode may take in all (a guard against servers that "
+        "trickle bytes); default for remote LMs: synth's timeout x 2 x attempts (x steps on envs) and eval's 20 s x "
+        "steps; in-process models: none.",
+    )
 
     def train_options(self, env: str) -> dict[str, Any]:
         """Options of held-in env `env` for on-policy data and held-in evaluation (defaults, then `env_options`)."""
@@ -140,18 +152,26 @@ def _done(path: Path) -> bool:
     ) == "finished"
 
 
-def _synth_oneshot(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
-    from refine.synth import SynthConfig, run_synth
+def oneshot_synth_config(cfg: QuickstartConfig) -> Any:
+    """The `refine synth` settings of the one-shot stage: the teacher writes trajectories for built-in personas."""
+    from refine.synth import SynthConfig
 
-    sc = SynthConfig(
+    return SynthConfig(
         personas="builtin",
         n=cfg.size("personas"),
         lm=cfg.teacher,
         seed=cfg.seed,
         max_attempts=cfg.size("max_attempts"),
         workers=cfg.workers,
+        timeout=cfg.timeout,
+        item_timeout=cfg.item_timeout,
     )
-    return run_synth(sc, out, resume=out.exists())
+
+
+def _synth_oneshot(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
+    from refine.synth import run_synth
+
+    return run_synth(oneshot_synth_config(cfg), out, resume=out.exists())
 
 
 # Held-in environments whose expert answers fast from any state (PDDL: small blocks problems only).
@@ -176,6 +196,8 @@ def env_synth_config(cfg: QuickstartConfig) -> Any:
         max_steps=cfg.size("synth_max_steps"),
         max_tokens=ENV_MAX_TOKENS,
         workers=min(cfg.workers, n * len(cfg.train_envs)),
+        timeout=cfg.timeout,
+        item_timeout=cfg.item_timeout,
     )
 
 
@@ -262,25 +284,52 @@ def evaluate_model(
 
     `seed` (default `cfg.seed`) picks the evaluation episodes: models evaluated with the same seed play the same ones.
     """
-    from refine.eval import EvalConfig, evaluate
+    from refine.eval import evaluate
     from refine.lm import resolve_lm
+    from refine.lm.resolve import is_remote
     from refine.programs.agent import ChatAgent
 
-    ec = EvalConfig(
+    ec = eval_config(cfg, model, envs=envs, env_options=env_options, seed=seed)
+    # 64 tokens: a refinement turn's thought (one or two short sentences) plus its action fits; 48 cut some.
+    settings: dict[str, Any] = {"max_tokens": 64}
+    if is_remote(model) and cfg.timeout:
+        settings["timeout"] = cfg.timeout
+    agent = ChatAgent(resolve_lm(model, **settings))
+    result = evaluate(agent, ec, out, resume=out.exists())
+    return result.summary
+
+
+def eval_config(
+    cfg: QuickstartConfig,
+    model: str,
+    *,
+    envs: list[str] | None = None,
+    env_options: dict[str, dict[str, Any]] | None = None,
+    seed: int | None = None,
+) -> Any:
+    """The `EvalConfig` of `evaluate_model` (its arguments): the held-in and held-out envs at the preset's size, and
+    for a remote `model` an episode deadline (`item_timeout`, default 20 s x steps as `refine eval`'s)."""
+    from refine.eval import EvalConfig
+    from refine.lm.resolve import is_remote
+
+    max_steps = cfg.size("eval_max_steps")
+    deadline = cfg.item_timeout
+    if deadline is None and is_remote(model):
+        from refine.cli.cmd_eval import EPISODE_S_PER_STEP
+
+        deadline = EPISODE_S_PER_STEP * max_steps
+    return EvalConfig(
         envs=envs or [*cfg.train_envs, *cfg.heldout_envs],
         episodes=cfg.size("eval_episodes"),
         seed=cfg.seed if seed is None else seed,
-        max_steps=cfg.size("eval_max_steps"),
+        max_steps=max_steps,
         workers=cfg.workers,
         held_in=[e for e in cfg.train_envs if e in (envs or cfg.train_envs)],
         env_options=env_options if env_options is not None else {env: cfg.train_options(env) for env in cfg.train_envs},
         agent="chat",
         model=model,
+        episode_timeout=deadline,
     )
-    # 64 tokens: a refinement turn's thought (one or two short sentences) plus its action fits; 48 cut some.
-    agent = ChatAgent(resolve_lm(model, max_tokens=64))
-    result = evaluate(agent, ec, out, resume=out.exists())
-    return result.summary
 
 
 FORMAT_ERRORS = ("no 'Action:' line in the reply", "empty reply")

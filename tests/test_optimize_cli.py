@@ -195,3 +195,66 @@ def test_optimized_agentrefine_runs_in_refine_synth(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["program_hash"] == program_hash(load_optimized(out))  # the optimized program ran
     assert manifest["program_hash"] != program_hash(load_graph("agentrefine").compile())
+
+
+def _hang_run(tmp_path, monkeypatch, server, *extra: str):
+    """`refine optimize` of self_refine against `server` (1 train and 1 dev row) with a 0.5 s call timeout."""
+    import uuid
+
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text(json.dumps(arith_rows(1)[0]) + "\n")
+    dev.write_text(json.dumps(arith_rows(1, start=100)[0]) + "\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    monkeypatch.setenv("OPENAI_API_BASE", server.url)  # --api-base sets it in-process; restored after the test
+    monkeypatch.delenv("REFINE_NO_PREFLIGHT", raising=False)
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy_cache"))
+    model = f"openai/fake-{uuid.uuid4().hex[:8]}"  # DSPy's cache ignores api_base: no answer from another test
+    args = ["self_refine", "--trainset", str(train), "--devset", str(dev), "--lm", model, "--api-base", server.url]
+    return _run(*args, "--timeout", "0.5", "--out", str(tmp_path / "o"), *extra)
+
+
+def test_a_hanging_server_fails_the_preflight_call_within_the_timeout(tmp_path, monkeypatch):
+    import time
+
+    from refine.errors import LMError
+    from tests.fault_server import FaultServer
+
+    with FaultServer(fault_rate=1.0, faults=("hang",), hang_s=30) as server:
+        t0 = time.monotonic()
+        res = _hang_run(tmp_path, monkeypatch, server)
+        wall = time.monotonic() - t0
+    assert wall < 15, wall  # the probe waits --timeout (0.5 s), not its former fixed 60 s
+    assert isinstance(res.exception, LMError) and server.calls == 1
+    message = str(res.exception)
+    assert message.startswith("LM openai/fake-") and "(--lm) is not usable: cannot reach http://127.0.0.1:" in message
+    assert "Timeout" in message and not (tmp_path / "o").exists()
+
+
+def test_a_server_that_starts_hanging_ends_the_run_within_a_bound(tmp_path, monkeypatch):
+    """Every call of the run times out (the probe was answered): each devset/bootstrap run fails and scores 0 (DSPy's
+    Evaluate and BootstrapFewShot record failures rather than stop), and the run ends in seconds, not hours."""
+    import time
+
+    from tests.fault_server import FaultServer
+
+    with FaultServer(fault_rate=1.0, faults=("hang",), hang_s=30, faults_after=1) as server:
+        t0 = time.monotonic()
+        res = _hang_run(tmp_path, monkeypatch, server)
+        wall = time.monotonic() - t0
+    # 3 program runs (devset before and after, 1 bootstrap) x 4 attempts (DSPy's 3 retries) of 0.5 s, plus LiteLLM's
+    # backoff: ~28 s measured; at the former 60 s per call that is at least 3 x 4 x 60 s = 12 minutes.
+    assert wall < 50, wall
+    assert server.calls == 1 + 3 * 4
+    assert res.exit_code == 0, res.output
+    assert "completed: score 0.000 -> 0.000; 0 LM calls" in res.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert (report["status"], report["score_before"], report["score_after"]) == ("completed", 0.0, 0.0)
+    assert report["config"]["timeout"] == 0.5 and report["spend"]["calls"] == 0
+
+
+def test_timeout_is_a_setting_of_the_config_file_and_print_config(tmp_path):
+    (tmp_path / "cfg.toml").write_text("[optimize]\ntimeout = 2.5\n")
+    res = _run("--config", str(tmp_path / "cfg.toml"), "--print-config")
+    assert res.exit_code == 0, res.output
+    assert "\ntimeout = 2.5\n" in res.output
+    assert "\ntimeout = 60.0\n" in _run("--print-config").output

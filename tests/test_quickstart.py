@@ -128,3 +128,61 @@ def test_reading_a_finished_eval_leaves_it_finished(tmp_path):
         store.finish()
     assert [r["key"] for r in episode_records(run)] == ["pddl:0"]
     assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_timeouts_reach_every_stage_config():
+    from refine.quickstart import env_synth_config, eval_config, oneshot_synth_config
+
+    cfg = QuickstartConfig(preset="tiny", teacher="openai/gpt-4o-mini", timeout=2.5, item_timeout=7.0)
+    for sc in (oneshot_synth_config(cfg), env_synth_config(cfg)):
+        assert (sc.timeout, sc.item_timeout) == (2.5, 7.0)
+    assert eval_config(cfg, "embedded").episode_timeout == 7.0
+    # Defaults: synth's (60 s per call; the item deadline derived from it for remote LMs), eval's 20 s x steps for a
+    # remote model and no deadline in-process.
+    default = QuickstartConfig(preset="tiny")
+    assert (oneshot_synth_config(default).timeout, oneshot_synth_config(default).item_timeout) == (60.0, None)
+    steps = PRESETS["tiny"]["eval_max_steps"]
+    assert eval_config(default, "openai/gpt-4o-mini").episode_timeout == 20.0 * steps
+    assert eval_config(default, "embedded").episode_timeout is None
+
+
+def test_a_remote_eval_model_gets_the_call_timeout(tmp_path, monkeypatch):
+    import refine.eval
+    from refine.quickstart import evaluate_model
+
+    seen = {}
+
+    def fake_evaluate(agent, config, out, resume=False):
+        seen.update(agent=agent, config=config)
+        return type("Result", (), {"summary": {}})()
+
+    monkeypatch.setattr(refine.eval, "evaluate", fake_evaluate)
+    cfg = QuickstartConfig(preset="tiny", timeout=3.0)
+    evaluate_model(cfg, "openai/fake-model", tmp_path / "eval")
+    assert seen["agent"].lm.kwargs["timeout"] == 3.0 and seen["agent"].lm.kwargs["max_tokens"] == 64
+    assert seen["config"].episode_timeout == 20.0 * PRESETS["tiny"]["eval_max_steps"]
+
+
+def test_cli_timeouts_come_from_flags_and_the_config_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import refine.preflight
+    import refine.quickstart
+    from refine.cli.app import app
+
+    configs, probes = [], []
+    monkeypatch.setattr(refine.quickstart, "run_quickstart", lambda cfg, progress=None: configs.append(cfg) or {})
+    monkeypatch.setattr(refine.preflight, "check_lm", lambda spec, **kw: probes.append((spec, kw.get("timeout"))))
+    runner = CliRunner()
+    res = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "a"), "--timeout", "2.5", "--item-timeout", "9"])
+    assert res.exit_code == 0, res.output
+    assert (configs[-1].timeout, configs[-1].item_timeout) == (2.5, 9.0)
+    assert probes == [("embedded", 2.5), ("embedded", 2.5)]  # the preflight call waits no longer than a run's call
+    (tmp_path / "cfg.toml").write_text("[quickstart]\ntimeout = 4.0\nitem-timeout = 30\n")
+    res = runner.invoke(app, ["quickstart", "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert (configs[-1].timeout, configs[-1].item_timeout) == (4.0, 30.0)
+    res = runner.invoke(app, ["quickstart", "--config", str(tmp_path / "cfg.toml"), "--print-config"])
+    assert "timeout = 4.0\nitem_timeout = 30.0\n" in res.output, res.output
+    res = runner.invoke(app, ["quickstart", "--print-config"])
+    assert "timeout = 60.0\n# item_timeout =  (unset)\n" in res.output, res.output

@@ -16,6 +16,7 @@ import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from refine.errors import ConfigError
+from refine.lm.resolve import REMOTE_TIMEOUT_S
 
 __all__ = ["BOOTSTRAP_PRESETS", "METHODS", "PRESETS", "OptimizeConfig", "load_examples", "to_examples"]
 
@@ -69,6 +70,11 @@ class OptimizeConfig(BaseModel):
     )
     max_calls: int | None = Field(default=None, ge=1, description="Hard limit on LM calls of the whole run.")
     max_tokens: int | None = Field(default=None, ge=1, description="Hard limit on LM tokens of the whole run.")
+    timeout: float | None = Field(
+        default=REMOTE_TIMEOUT_S,
+        gt=0,
+        description="Seconds one call to a remote LM (--lm, --reflection-lm) may take (in-process models: unused).",
+    )
     num_threads: int = Field(default=1, ge=1, description="Threads for evaluation and optimization.")
     seed: int = Field(default=0, description="Seed of the optimizers' sampling.")
     out: Path | None = Field(default=None, description="Output directory: program.json, report.json, report.md.")

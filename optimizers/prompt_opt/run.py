@@ -26,6 +26,7 @@ import dspy
 from pydantic import ValidationError
 
 from refine.errors import ConfigError
+from refine.lm.resolve import is_remote
 from refine.lm.resolve import resolve_lm as _resolve_lm
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
 from refine.optimizers.prompt_opt.artifacts import (
@@ -71,6 +72,11 @@ class OptimizeResult:
 def resolve_lm(spec: str | dspy.BaseLM | None, **lm_kwargs: Any) -> dspy.BaseLM | None:
     """`refine.lm.resolve.resolve_lm` (the one LM-spec resolver), with None passed through (use `dspy.settings.lm`)."""
     return None if spec is None else _resolve_lm(spec, **lm_kwargs)
+
+
+def _remote_settings(spec: str | dspy.BaseLM | None, cfg: OptimizeConfig) -> dict[str, Any]:
+    """`resolve_lm` settings of a spec: the call timeout, for remote LMs only (LM objects are used as given)."""
+    return {"timeout": cfg.timeout} if spec is not None and cfg.timeout and is_remote(spec) else {}
 
 
 def _prepare_program(program: Any, cfg: OptimizeConfig) -> tuple[dspy.Module, tuple[str, ...], tuple[str, ...] | None]:
@@ -333,10 +339,12 @@ def optimize(
     metric_fn = resolve_metric(metric if metric is not None else cfg.metric) if (metric or cfg.metric) else None
     metric_fn = metric_fn or default_metric_for(outputs)
 
-    task_lm = resolve_lm(lm if lm is not None else cfg.lm) or dspy.settings.lm
+    task_spec = lm if lm is not None else cfg.lm
+    task_lm = resolve_lm(task_spec, **_remote_settings(task_spec, cfg)) or dspy.settings.lm
     if task_lm is None:
         raise ConfigError("No LM: pass --lm MODEL (e.g. 'embedded') or configure one with dspy.configure(lm=...).")
-    refl_lm = resolve_lm(reflection_lm if reflection_lm is not None else cfg.reflection_lm) or task_lm
+    refl_spec = reflection_lm if reflection_lm is not None else cfg.reflection_lm
+    refl_lm = resolve_lm(refl_spec, **_remote_settings(refl_spec, cfg)) or task_lm
 
     max_out = (getattr(task_lm, "kwargs", {}) or {}).get("max_tokens")
     estimate = estimate_cost(

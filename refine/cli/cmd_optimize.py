@@ -69,6 +69,7 @@ def optimize_command(
         list[str] | None,
         typer.Option("--optimizer-arg", help="Extra DSPy optimizer argument key=value, e.g. max_metric_calls=300."),
     ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per call to a remote LM.")] = 60.0,
     num_threads: Annotated[int, typer.Option(min=1, help="Threads for evaluation and optimization.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the optimizer's sampling.")] = 0,
     log_dir: Annotated[
@@ -122,6 +123,7 @@ def optimize_command(
             max_calls=max_calls,
             max_tokens=max_tokens,
             num_threads=num_threads,
+            timeout=timeout,
             seed=seed,
             out=out,
             log_dir=log_dir,
@@ -140,7 +142,7 @@ def optimize_command(
     if not dry_run:  # the dry run makes no LM call at all
         for flag, spec in (("--lm", cfg.lm), ("--reflection-lm", cfg.reflection_lm)):
             if spec:
-                check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env)
+                check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env, timeout=cfg.timeout)
     if not verbose:
         logging.getLogger("dspy").setLevel(logging.ERROR)
         logging.getLogger("optuna").setLevel(logging.ERROR)

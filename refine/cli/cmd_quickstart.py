@@ -31,6 +31,16 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     lora: Annotated[bool, typer.Option(help="Distill LoRA adapters (merged) instead of all weights.")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Concurrent items/episodes (batched).")] = 8,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per call to a remote LM.")] = 60.0,
+    item_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--item-timeout",
+            min=0.1,
+            help="Seconds per synthesis item or evaluation episode (default for remote LMs: as `refine synth "
+            "--item-timeout` and `refine eval --episode-timeout`; in-process: none).",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -57,8 +67,8 @@ def quickstart(
     if not resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already holds quickstart stages; pass --resume to continue them or another --out.")
     export_lm_env(api_base, api_key_env)  # the stages build their LMs from the specs, in this process
-    check_lm(lm, flag="--lm", api_base=api_base, api_key_env=api_key_env)
-    check_lm(student, flag="--student")
+    check_lm(lm, flag="--lm", api_base=api_base, api_key_env=api_key_env, timeout=timeout)
+    check_lm(student, flag="--student", timeout=timeout)
 
     def split(s: str) -> list[str]:
         return [x.strip() for x in s.split(",") if x.strip()]
@@ -73,6 +83,8 @@ def quickstart(
         seed=seed,
         lora=lora,
         workers=workers,
+        timeout=timeout,
+        item_timeout=item_timeout,
     )
     summary = run_quickstart(cfg, progress=lambda stage, msg: console.print(f"[bold cyan]{stage}[/]: {msg}"))
     table = Table(title="quickstart: base vs student (success / progress)")
