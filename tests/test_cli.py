@@ -88,6 +88,13 @@ def test_help_is_fast_and_imports_nothing_heavy(tmp_path):
     assert probe.stdout.strip() == "[]", f"heavy modules imported by the CLI root: {probe.stdout}{probe.stderr}"
 
 
+def test_the_cli_states_the_eval_stage_s_episode_deadline():
+    from refine.cli import cmd_eval
+    from refine.eval import config
+
+    assert cmd_eval.EPISODE_S_PER_STEP == config.EPISODE_S_PER_STEP
+
+
 @pytest.mark.parametrize("attr", ["graph", "compiled", "build"])
 def test_graph_show_prints_mermaid(spec_dir, attr):
     out = _refine("graph", "show", f"cli_demo_graphs:{attr}", tmp_path=spec_dir)

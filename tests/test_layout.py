@@ -81,6 +81,7 @@ FLOORS: dict[str, int] = {
     ),
     "refine.cli": TOP,
     "refine.quickstart": TOP,
+    "refine.quickstart_effects": TOP,
 }
 
 # -- the graph ----------------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ SUITE_HELP = (
     "subgoal progress and success rules where they can be reproduced offline; envs babyai, scienceworld, pddl)."
 )
 
-
-#: Default per-episode deadline for remote LMs, per step of --max-steps (a 30-step episode: 10 minutes).
+#: The eval stage's default per-episode deadline per step (refine.eval.config.EPISODE_S_PER_STEP, which the quickstart
+#: uses too), restated because the CLI root must not import the eval stage; tests/test_cli.py pins them equal.
 EPISODE_S_PER_STEP = 20.0
 _AGENT_NAMES = ("expert", "random", "chat", "program", "embedded")
 

@@ -13,6 +13,9 @@ from refine.errors import ConfigError
 __all__ = ["DEFAULT_ENVS", "SUITES", "EvalConfig", "EvalResult", "check_config", "episode_specs"]
 
 DEFAULT_ENVS = ("babyai", "scienceworld", "pddl", "textworld")
+#: Default per-episode deadline for remote LMs, per step of max_steps (a 30-step episode: 10 minutes); `refine eval`
+#: and the quickstart's eval stage use it when no deadline is given.
+EPISODE_S_PER_STEP = 20.0
 SUITES = ("refine", "agentboard")
 
 
