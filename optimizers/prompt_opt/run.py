@@ -25,7 +25,7 @@ from typing import Any, Literal
 import dspy
 from pydantic import ValidationError
 
-from refine.errors import ConfigError
+from refine.errors import ConfigError, RunFailedError
 from refine.lm.resolve import is_remote
 from refine.lm.resolve import resolve_lm as _resolve_lm
 from refine.optimizers.metrics import Metric, default_metric_for, resolve_metric
@@ -367,8 +367,14 @@ def optimize(
     with dspy.context(lm=task, adapter=_adapter_for(task_lm)), _quiet_refusals():
         try:
             emit("phase", {"name": phase})
-            before, _ = evaluate_program(module, dev, metric_fn, cfg.num_threads)
+            before, failed = evaluate_program(module, dev, metric_fn, cfg.num_threads)
             _check(budget)
+            if dev and failed == len(dev):  # every run failed (LM down, timeouts, nothing parsed): nothing to measure
+                raise RunFailedError(
+                    f"every one of the {len(dev)} devset runs of the un-optimized program failed (the errors are "
+                    "logged above), so there is no score to improve: check the LM (`refine lm check MODEL`), then "
+                    "rerun."
+                )
             phase = "optimize"
             emit("phase", {"name": f"optimize ({cfg.method}, {cfg.preset})"})
             optimizer = _build_optimizer(cfg, metric_fn, task, refl, budget)

@@ -43,7 +43,9 @@ def export_lm_env(api_base: str | None, api_key_env: str | None) -> None:
         os.environ[KEY_ENV_VAR] = api_key_env  # a refused key then names the variable the user set
 
 
-def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_env: str | None) -> str | None:
+def check_agent_lm(
+    agent: str, lm: str | None, *, api_base: str | None, api_key_env: str | None, timeout: float | None = None
+) -> str | None:
     """Preflight of `refine eval`'s agent: the LM spec behind `--agent` (or `--lm` for chat/program/factories).
 
     Returns the spec it checked (None for a factory without --lm)."""
@@ -57,5 +59,5 @@ def check_agent_lm(agent: str, lm: str | None, *, api_base: str | None, api_key_
     else:
         spec, flag = agent, "--agent"
     if spec:
-        check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env)
+        check_lm(spec, flag=flag, api_base=api_base, api_key_env=api_key_env, timeout=timeout)
     return spec

@@ -151,7 +151,7 @@ def eval_cmd(
     )
     check_config(config, reference_agent(agent) if reference else None)  # before any LM or environment starts
     if not reference:
-        check_agent_lm(agent, lm, api_base=api_base, api_key_env=api_key_env)
+        check_agent_lm(agent, lm, api_base=api_base, api_key_env=api_key_env, timeout=timeout)
     lm_kw = {"max_tokens": max_tokens, "temperature": temperature, **lm_options(api_base, api_key_env)}
     if timeout is not None and remote:
         lm_kw["timeout"] = timeout

@@ -112,7 +112,7 @@ def synth(
             "--api-base/--api-key-env are not passed to Ray workers; set OPENAI_API_BASE / OPENAI_API_KEY in the "
             "workers' environment instead."
         )
-    check_lm(config.lm, flag="--lm", api_base=api_base, api_key_env=api_key_env)
+    check_lm(config.lm, flag="--lm", api_base=api_base, api_key_env=api_key_env, timeout=config.timeout)
     the_lm = None
     if options:
         from refine.lm.resolve import resolve_lm
