@@ -62,7 +62,11 @@ def test_eval_against_a_server_sending_a_lone_surrogate_finishes_and_keeps_the_r
     run = tmp_path / "run"
     cfg = EvalConfig(envs=["toy"], episodes=2, workers=2, max_steps=4)
     with FaultServer(fault_rate=1.0, faults=("surrogate",)) as server:
-        lm = dspy.LM(f"openai/fake-{uuid.uuid4().hex[:8]}", api_base=server.url, api_key="sk-local", num_retries=0)
+        # No cache: the two toy episodes send the same prompts, and a greedy agent may reuse a cached answer (a
+        # race between the two workers decided how many calls went out: 7 or 8).
+        lm = dspy.LM(
+            f"openai/fake-{uuid.uuid4().hex[:8]}", api_base=server.url, api_key="sk-local", num_retries=0, cache=False
+        )
         res = evaluate(ChatAgent(lm, max_turns=None), cfg, run, env_factory=_toy)
         assert server.calls == 8  # every turn of both episodes went out, none refused as unencodable
     assert res.summary["run"]["pending"] == 0
