@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from refine.data import RunRecord, Trajectory, Verdict
+from refine.data import RunRecord, Trajectory, Verdict, jsonable
 from refine.errors import ConfigError, LMError
 from refine.lm.failures import raise_if_auth_failure
 from refine.lm.usage import CURRENT_COUNTER, ItemUsage
@@ -168,16 +168,6 @@ def warm_up(lm: Any) -> None:
         get_litellm(feature="dspy.LM")
     except Exception as exc:  # not installed or not importable: the first call reports it properly
         logger.debug("LM client warm-up skipped: %s", exc)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 CallHook = Callable[[str, int, int], None]  # (item key, tokens, finished calls) as each LM call ends
@@ -408,4 +398,4 @@ class SynthWork:
             if not isinstance(verdict, Verdict):
                 verdict = verify_trajectory(traj, min_refinements=self.min_refinements)
             traj = traj.model_copy(update={"verdict": verdict})
-        return traj.model_copy(deep=True), [_jsonable(a) for a in attempts]
+        return traj.model_copy(deep=True), [jsonable(a) for a in attempts]
